@@ -1,0 +1,148 @@
+"""One interface for the local record and Weights & Biases.
+
+Every number goes to ``history.jsonl`` in the run directory first; W&B gets
+the same numbers when it is on. W&B runs offline unless the environment
+provides an API key or sets ``WANDB_MODE``, so a run never waits for a
+network; ``wandb sync`` uploads an offline run later. If W&B fails (at init
+or while logging) the run goes on with its local record and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(requested: str | None) -> str:
+    """The W&B mode to use: the config's, else ``WANDB_MODE``, else offline
+    unless an API key is present."""
+    if requested:
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe value: NaN and inf become None, arrays become numbers."""
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class Tracker:
+    """Writes per-epoch history and the final summary locally and to W&B."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        config: dict,
+        *,
+        backend: str = "none",
+        project: str = "snnexp",
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        mode: str | None = None,
+    ):
+        """Opens the local history file and, for ``backend="wandb"``, a W&B run.
+
+        Args:
+            out_dir: the run directory.
+            config: the resolved config (plain dict), stored with the W&B run.
+            backend: ``"wandb"`` or ``"none"``.
+            project: W&B project.
+            entity: W&B entity (team or user), or None for the default.
+            group: W&B group (a sweep reads as one group).
+            name: W&B run name.
+            tags: W&B tags.
+            mode: W&B mode (``online``, ``offline``, ``disabled``), or None.
+        """
+        self.out_dir = Path(out_dir)
+        self.history_path = self.out_dir / "history.jsonl"
+        self.run = None
+        if backend not in ("wandb", "none"):
+            raise ValueError(f"logger.backend={backend!r}; valid choices: ['wandb', 'none']")
+        if backend == "wandb":
+            self.run = self._init_wandb(config, project, entity, group, name, list(tags), mode)
+
+    def _init_wandb(self, config, project, entity, group, name, tags, mode):
+        try:
+            import wandb
+
+            resolved_mode = wandb_mode(mode)
+            run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                name=name,
+                tags=tags,
+                config=config,
+                dir=str(self.out_dir),
+                mode=resolved_mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(init_timeout=90, console="off", silent=True),
+            )
+            log.info("W&B run %s (%s) in %s", run.id, resolved_mode, run.dir)
+            return run
+        except Exception as e:  # noqa: BLE001 - W&B must never stop a run
+            log.warning("W&B init failed (%s: %s); continuing with the local record only",
+                        type(e).__name__, e)
+            return None
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Records one row of history (per epoch)."""
+        row = _clean({"step": step, **metrics})
+        with self.history_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.run is not None:
+            try:
+                self.run.log(dict(metrics), step=step)
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B log failed (%s); the local record has it", e)
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Sets the final summary of the W&B run (the local one is metrics.json)."""
+        if self.run is not None:
+            try:
+                self.run.summary.update(_clean(dict(flatten(metrics))))
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B summary failed (%s); metrics.json has it", e)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Closes the W&B run (before the next job of a sweep starts)."""
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=exit_code)
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B finish failed (%s)", e)
+            self.run = None
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"spike_rate": {"mean": r}}`` -> ``{"spike_rate/mean": r}``."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+clean = _clean
