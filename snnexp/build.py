@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from hydra.utils import instantiate
@@ -45,7 +47,12 @@ def model(cfg: DictConfig, n_in: int, n_out: int) -> FeedForwardSNN:
         n_out: number of classes.
     """
     factory = _instantiate(cfg.model)
-    return factory(n_in=n_in, n_out=n_out, neuron=neuron(cfg), rngs=nnx.Rngs(cfg.seed))
+    net = factory(n_in=n_in, n_out=n_out, neuron=neuron(cfg), rngs=nnx.Rngs(cfg.seed))
+    # spyx stores a given decay as a weakly typed scalar; the first optimizer
+    # update makes it strongly typed and would force a second compilation.
+    state = nnx.state(net)
+    nnx.update(net, jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), state))
+    return net
 
 
 def optimizer(cfg: DictConfig, total_steps: int, lr_scale: float = 1.0) -> optax.GradientTransformation:

@@ -294,6 +294,6 @@ def weight_paths(model: nnx.Module) -> list[str]:
     """The '/'-joined paths of the modules that own a matmul weight."""
     return [
         "/".join(map(str, path))
-        for path, m in model.iter_modules()
+        for path, m in nnx.iter_modules(model)
         if isinstance(m, (nnx.Linear, nnx.Conv))
     ]

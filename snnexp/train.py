@@ -243,7 +243,7 @@ def calibrate(model: nnx.Module, arrays: Arrays, batches: int, batch_size: int, 
     for _ in range(batches):
         calibrate_step(model, arrays.x_train, jnp.asarray(rng.choice(n, batch_size, replace=False), jnp.int32))
         used += 1
-    model.set_attributes(disable_quant_stats_update=True)
+    model.set_attributes(disable_quant_stats_update=True, raise_if_not_found=False)
     return used
 
 
@@ -274,7 +274,7 @@ def check_config(cfg: DictConfig, rules: list[quant.Rule]) -> None:
 def check_shapes(model: nnx.Module, batch_rows: list[int]) -> None:
     """qwix tells weights from activations by shape; a square layer whose
     input rows equal its width is ambiguous and crashes inside qwix."""
-    for path, m in model.iter_modules():
+    for path, m in nnx.iter_modules(model):
         if isinstance(m, nnx.Linear) and m.in_features == m.out_features and m.in_features in batch_rows:
             name = "/".join(map(str, path))
             raise ConfigError(
