@@ -1,12 +1,24 @@
-"""Orbax checkpoints of a model's state (atomic: a killed save leaves no
-half-written checkpoint under the final name)."""
+"""Orbax checkpoints: finished networks, and the training state a rerun resumes.
+
+Both kinds are atomic: orbax writes into a temporary directory and renames it
+when complete, so a run killed during a save leaves the previous checkpoint
+intact. The training state (model, optimizer, where the loop stands) is kept
+by a ``CheckpointManager`` holding the two latest saves.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model it is loaded into."""
 
 
 def save(path: Path, model: nnx.Module) -> Path:
@@ -26,8 +38,32 @@ def save(path: Path, model: nnx.Module) -> Path:
     return path
 
 
+def _check_fits(path: Path, stored: Any, template: Any) -> None:
+    """Raises ``CheckpointError`` naming the first parameter that differs."""
+    flat_t = dict(jax.tree_util.tree_flatten_with_path(template)[0])
+    flat_s = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+    name = lambda p: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)  # noqa: E731
+    t_names = {name(p): v for p, v in flat_t.items()}
+    s_names = {name(p): v for p, v in flat_s.items()}
+    missing = sorted(set(t_names) - set(s_names))
+    extra = sorted(set(s_names) - set(t_names))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]} "
+            "(was it written by another model, recipe or mode?)"
+        )
+    for key, t in t_names.items():
+        s = s_names[key]
+        if tuple(s.shape) != tuple(np.shape(t)):
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: parameter {key} has shape "
+                f"{tuple(s.shape)} in the checkpoint but {tuple(np.shape(t))} in the model "
+                "(check model.hidden and the data set's features/classes)"
+            )
+
+
 def restore(path: Path, model: nnx.Module) -> nnx.Module:
-    """Loads a checkpoint into ``model`` in place (shapes must match).
+    """Loads a checkpoint written by ``save`` into ``model`` in place.
 
     Args:
         path: a directory written by ``save``.
@@ -35,11 +71,67 @@ def restore(path: Path, model: nnx.Module) -> nnx.Module:
 
     Returns:
         ``model``, updated.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: a parameter's name or shape differs.
     """
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    template = nnx.state(model)
     with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(path, nnx.state(model))
+        _check_fits(path, ckptr.metadata(path).item_metadata, template)
+        state = ckptr.restore(path, template)
     nnx.update(model, state)
     return model
+
+
+class TrainState:
+    """The latest training states of one run directory (model, optimizer, progress)."""
+
+    def __init__(self, directory: Path):
+        """Opens (or creates) ``directory`` for training-state checkpoints."""
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        )
+
+    def latest_progress(self) -> dict[str, Any] | None:
+        """The progress record of the latest complete save, or None."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+        return dict(restored["progress"])
+
+    def next_step(self) -> int:
+        """The number the next save gets (one more than the latest)."""
+        latest = self.manager.latest_step()
+        return 0 if latest is None else latest + 1
+
+    def save(self, step: int, model: nnx.Module, opt: nnx.Optimizer, progress: dict[str, Any]) -> None:
+        """Saves model, optimizer and progress as checkpoint ``step`` (blocking)."""
+        state = {"model": nnx.state(model), "opt": nnx.state(opt)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore(self, model: nnx.Module, opt: nnx.Optimizer) -> dict[str, Any]:
+        """Loads the latest save into ``model`` and ``opt``; returns its progress."""
+        step = self.manager.latest_step()
+        template = {"model": nnx.state(model), "opt": nnx.state(opt)}
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(template), progress=ocp.args.JsonRestore()),
+        )
+        nnx.update(model, restored["state"]["model"])
+        nnx.update(opt, restored["state"]["opt"])
+        return dict(restored["progress"])
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.close()

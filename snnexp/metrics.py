@@ -47,14 +47,20 @@ def bits_per_weight(model: nnx.Module) -> float:
     return bits / max(count, 1)
 
 
-def synaptic_ops(input_rate: float, layer_rates: np.ndarray, sizes: list[int], steps: int) -> float:
-    """Synaptic operations per sample: each spike times its fan-out, over T steps.
+def synaptic_ops(
+    input_rate: float, layer_rates: np.ndarray, synapses: list[tuple[int, int]], steps: int
+) -> float:
+    """Synaptic operations per sample: every spike times its fan-out, over T steps.
 
     Args:
-        input_rate: mean input activity per channel and step.
-        layer_rates: mean spike rate per hidden layer ``[L]``.
-        sizes: ``[F, H_0, ..., H_{L-1}, n_out]`` layer widths.
+        input_rate: mean input activity per channel and step (for analog
+            inputs, the mean input value: then the first term counts MACs).
+        layer_rates: mean spike rate per spiking layer ``[L]``.
+        synapses: ``(neurons, fan-out)`` of the input and of each spiking
+            layer (``L + 1`` pairs), from the model's ``synapses()``.
         steps: time steps T.
     """
     rates = [input_rate, *map(float, layer_rates)]
-    return float(sum(r * sizes[i] * sizes[i + 1] for i, r in enumerate(rates)) * steps)
+    if len(rates) != len(synapses):
+        raise ValueError(f"{len(rates)} rates for {len(synapses)} synapse groups")
+    return float(sum(r * n * fan for r, (n, fan) in zip(rates, synapses, strict=True)) * steps)

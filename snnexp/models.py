@@ -73,6 +73,15 @@ class FeedForwardSNN(nnx.Module):
         self.readout = nnx.Linear(hidden[-1], n_out, rngs=rngs)
         self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
 
+    def layer_sizes(self) -> list[int]:
+        """Widths ``[F, H_0, ..., H_{L-1}, n_out]``."""
+        return [self.fc[0].in_features, *(f.out_features for f in self.fc), self.readout.out_features]
+
+    def synapses(self) -> list[tuple[int, int]]:
+        """``(neurons, fan-out)`` of the input and of each spiking layer."""
+        sizes = self.layer_sizes()
+        return list(zip(sizes[:-1], sizes[1:], strict=True))
+
     def _step(self, state: list[jax.Array], cur: jax.Array):
         """One time step of the hidden stack.
 

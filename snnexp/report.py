@@ -13,10 +13,11 @@ can be mailed or archived as a single file.
     python -m snnexp.report outputs/multirun/2026-11-22/07-59-31
     python -m snnexp.report outputs/multirun --out reports/sweep1
 
-A run is ``ok`` when it wrote ``metrics.json``; otherwise ``status.json``
-(``{"status": "failed", "error": "..."}``) gives its status and error; a run
-with neither is ``incomplete`` (still running, killed, or failed before it
-could say so).
+A run's ``status.json`` (written by every run: ``running``, ``ok``,
+``failed``, ``preempted``, with the error) gives its status; a run with
+``metrics.json`` and no ``status.json`` is ``ok``; a run still marked
+``running`` or with neither file is ``incomplete`` (still running, killed, or
+failed before it could say so).
 """
 
 from __future__ import annotations
@@ -214,20 +215,28 @@ def read_run(run_dir: Path, display_name: str | None = None) -> Run:
             metrics = _read_json(run_dir / "metrics.json")
         except (OSError, ValueError) as e:
             problems.append(f"unreadable metrics.json ({e})")
+    status: dict[str, Any] = {}
+    if (run_dir / "status.json").exists():
+        try:
+            status = dict(_read_json(run_dir / "status.json"))
+        except (OSError, ValueError, TypeError) as e:
+            problems.append(f"unreadable status.json ({e})")
     if isinstance(metrics, Mapping):
-        row["status"] = "ok"
         for key, value in flatten(metrics).items():
             column = f"metric/{key}" if key in ID_COLUMNS else key
             row[column] = _cell(value)
-    elif (run_dir / "status.json").exists():
-        try:
-            status = _read_json(run_dir / "status.json")
-            row["status"] = str(status.get("status") or "failed")
-            row["error"] = str(status.get("error") or "")
-        except (OSError, ValueError, AttributeError) as e:
-            row["status"] = "failed"
-            problems.append(f"unreadable status.json ({e})")
-    elif metrics is None:
+    said = str(status.get("status") or (metrics or {}).get("status") or "")
+    if said == "ok" or (not said and isinstance(metrics, Mapping)):
+        if isinstance(metrics, Mapping):
+            row["status"] = "ok"
+        else:
+            problems.append("status.json says ok but metrics.json is missing")
+    elif said == "running":
+        problems.append("status.json says running: still running, or killed (rerun to resume)")
+    elif said:
+        row["status"] = said
+        row["error"] = str(status.get("error") or (metrics or {}).get("error") or "")
+    else:
         problems.append("no metrics.json or status.json: running, killed, or failed before writing them")
     if problems:
         row["error"] = "; ".join([row["error"], *problems] if row["error"] else problems)

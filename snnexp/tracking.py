@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,19 @@ log = logging.getLogger(__name__)
 
 def wandb_mode(requested: str | None) -> str:
     """The W&B mode to use: the config's, else ``WANDB_MODE``, else offline
-    unless an API key is present."""
+    unless an API key is present.
+    """
     if requested:
         return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _new_run_id() -> str:
+    """A W&B-style run id: 8 lowercase letters and digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _clean(value: Any) -> Any:
@@ -46,6 +55,20 @@ def _clean(value: Any) -> Any:
 class Tracker:
     """Writes per-epoch history and the final summary locally and to W&B."""
 
+    @classmethod
+    def from_config(cls, cfg: Any, out_dir: Path, resolved: dict, *, resume_step: int = 0) -> Tracker:
+        """A tracker for the run config ``cfg`` (its ``logger`` group).
+
+        Tags name the recipe, mode, neuron and data; a resumed run keeps its
+        history up to ``resume_step`` and continues its W&B run.
+        """
+        lg = cfg.logger
+        tags = [f"quant:{cfg.quant.name}", f"mode:{cfg.mode.name}", f"neuron:{cfg.neuron.name}",
+                f"data:{cfg.data.name}", *lg.get("tags", [])]
+        return cls(out_dir, resolved, backend=lg.backend, project=lg.get("project", "snnexp"),
+                   entity=lg.get("entity"), group=lg.get("group"), name=lg.get("name"), tags=tags,
+                   mode=lg.get("mode"), resume_step=resume_step)
+
     def __init__(
         self,
         out_dir: Path,
@@ -58,6 +81,7 @@ class Tracker:
         name: str | None = None,
         tags: Sequence[str] = (),
         mode: str | None = None,
+        resume_step: int = 0,
     ):
         """Opens the local history file and, for ``backend="wandb"``, a W&B run.
 
@@ -71,21 +95,37 @@ class Tracker:
             name: W&B run name.
             tags: W&B tags.
             mode: W&B mode (``online``, ``offline``, ``disabled``), or None.
+            resume_step: history rows after this step are dropped (they were
+                logged after the checkpoint a resumed run continues from).
         """
         self.out_dir = Path(out_dir)
         self.history_path = self.out_dir / "history.jsonl"
         self.run = None
+        self._trim_history(resume_step)
         if backend not in ("wandb", "none"):
             raise ValueError(f"logger.backend={backend!r}; valid choices: ['wandb', 'none']")
         if backend == "wandb":
             self.run = self._init_wandb(config, project, entity, group, name, list(tags), mode)
 
+    def _trim_history(self, keep_until: int) -> None:
+        if not self.history_path.exists():
+            return
+        rows = [r for r in self.history_path.read_text().splitlines() if r.strip()]
+        kept = [r for r in rows if json.loads(r).get("step", 0) <= keep_until]
+        if len(kept) != len(rows):
+            self.history_path.write_text("".join(r + "\n" for r in kept))
+
     def _init_wandb(self, config, project, entity, group, name, tags, mode):
+        id_path = self.out_dir / "wandb_id.txt"
         try:
             import wandb
 
             resolved_mode = wandb_mode(mode)
+            run_id = id_path.read_text().strip() if id_path.exists() else _new_run_id()
+            id_path.write_text(run_id)
             run = wandb.init(
+                id=run_id,
+                resume="allow",
                 project=project,
                 entity=entity,
                 group=group,
@@ -122,6 +162,17 @@ class Tracker:
                 self.run.summary.update(_clean(dict(flatten(metrics))))
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B summary failed (%s); metrics.json has it", e)
+
+    def fail(self, error: str, *, preempted: bool = False) -> None:
+        """Records a failed (or preempted) run in W&B and closes it."""
+        if self.run is not None:
+            try:
+                if preempted:
+                    self.run.mark_preempting()
+                self.run.summary.update({"status": "preempted" if preempted else "failed", "error": error})
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B failure record failed (%s)", e)
+        self.finish(exit_code=1)
 
     def finish(self, exit_code: int = 0) -> None:
         """Closes the W&B run (before the next job of a sweep starts)."""

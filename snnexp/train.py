@@ -11,16 +11,27 @@ The mode decides the pipeline (plain code, no registry):
 
 Every mode ends by converting the network to integer weights (qwix
 ``PtqProvider``) and evaluating that converted network: ``quant_accuracy`` is
-the accuracy of what would be handed to hardware. Jitted steps are pure; the
-Python loop owns the cadence (evaluate, log, checkpoint).
+the accuracy of what would be handed to hardware.
+
+Nothing finished is lost: training state is checkpointed every
+``trainer.checkpoint_every`` epochs, at each phase boundary and on
+SIGTERM/SIGINT; rerunning into the same directory continues where the run
+stopped (bit-identical on CPU), and a finished run is not run again. Jitted
+steps are pure; the Python loop owns the cadence (evaluate, log, checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import threading
 import time
-from dataclasses import dataclass
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +48,25 @@ from snnexp.data import Dataset
 log = logging.getLogger(__name__)
 
 MODES = ("qat", "qt", "ptq", "srq")
+PHASES = ("fp32", "quant")
+# Keys that may differ between a run and its resumption.
+_RESUME_FREE_KEYS = ("resume", "logger")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run as written."""
+
+
+class NumericalError(FloatingPointError):
+    """A NaN or inf in the loss or the parameters."""
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, SIGINT) and saved its state."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 # ----------------------------------------------------------------- jitted steps
@@ -64,23 +90,30 @@ def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
 
 
 @nnx.jit
-def train_step(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, idx: jax.Array):
-    """One optimizer step on the batch ``xs[idx]`` (data stay on the device).
+def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array):
+    """``K`` optimizer steps in one call: a scan over the batches ``xs[perm[k]]``.
 
     Args:
         model: the network, updated in place.
         opt: its optimizer, updated in place.
-        xs: all training inputs ``[N, T, F]``.
+        xs: all training inputs ``[N, T, F]`` (on the device).
         ys: all training labels ``[N]``.
-        idx: batch indices ``[B]``.
+        perm: batch indices ``[K, B]``.
 
     Returns:
-        The batch loss (a device scalar; fetched once per epoch).
+        The loss of each step ``[K]`` (fetched once per call).
     """
-    grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
-    (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
-    opt.update(model, grads)
-    return loss
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def step(carry, idx):
+        model, opt = carry
+        grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
+        (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
+        opt.update(model, grads)
+        return (model, opt), loss
+
+    _, losses = step((model, opt), perm)
+    return losses
 
 
 @nnx.jit
@@ -111,6 +144,50 @@ def calibrate_step(model: nnx.Module, xs: jax.Array, idx: jax.Array) -> None:
     model(xs[idx], loop="carry")
 
 
+# -------------------------------------------------------------- stop requests
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the training loop saves and stops at the next check."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def check(self, what: str) -> None:
+        """Raises ``Preempted`` if a stop was requested."""
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise Preempted(self.signum, f"stopped by {name} {what}; rerun the same command to resume")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Turns SIGTERM/SIGINT into a ``StopFlag`` while the block runs.
+
+    A second signal of the same kind stops at once (the default handler).
+    Outside the main thread (some launchers) signals are left alone.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        flag.signum = signum
+        log.warning("%s received: saving a checkpoint at the next step boundary",
+                    signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 # ------------------------------------------------------------------- the loop
 
 
@@ -125,6 +202,7 @@ class Arrays:
 
     @classmethod
     def put(cls, d: Dataset) -> Arrays:
+        """Copies the four arrays of ``d`` to the default device once."""
         return cls(*(jax.device_put(a) for a in (d.x_train, d.y_train, d.x_test, d.y_test)))
 
 
@@ -155,6 +233,22 @@ def evaluate(model: nnx.Module, arrays: Arrays, batch_size: int) -> dict[str, An
 
 
 @dataclass
+class Loop:
+    """What every training phase of a run shares."""
+
+    arrays: Arrays
+    batch_size: int
+    eval_batch_size: int
+    steps_per_call: int
+    checkpoint_every: int
+    seed: int
+    tracker: tracking.Tracker
+    state: checkpoint.TrainState
+    stop: StopFlag
+    epoch0: dict[str, int] = field(default_factory=dict)  # global epoch where each phase starts
+
+
+@dataclass
 class FitResult:
     """What a training phase took."""
 
@@ -162,89 +256,118 @@ class FitResult:
     seconds: float
 
 
-def fit(
-    model: nnx.Module,
-    tx: optax.GradientTransformation,
-    arrays: Arrays,
-    *,
-    epochs: int,
-    batch_size: int,
-    eval_batch_size: int,
-    seed: int,
-    phase: str,
-    tracker: tracking.Tracker,
-    step0: int,
-) -> FitResult:
-    """Trains ``model`` in place for ``epochs`` and logs every epoch.
+def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut at multiples of ``size``: the same cuts after a resume."""
+    cuts, s = [], start
+    while s < stop:
+        e = min((s // size + 1) * size, stop)
+        cuts.append((s, e))
+        s = e
+    return cuts
+
+
+def fit(model: nnx.Module, tx: optax.GradientTransformation, loop: Loop, *, phase: str, epochs: int) -> FitResult:
+    """Trains ``model`` in place for ``epochs``; resumes a saved phase.
+
+    Each epoch shuffles with a generator seeded by ``(seed, phase, epoch)``,
+    so a resumed run sees exactly the batches an uninterrupted one would.
 
     Args:
         model: the network (fp32 or qwix-quantized for QAT/QT).
         tx: the optax optimizer.
-        arrays: device-resident data.
-        epochs: epochs to run (0 skips).
-        batch_size: training batch size (the last partial batch is dropped).
-        eval_batch_size: evaluation batch size.
-        seed: seeds the shuffling.
+        loop: data, batch sizes, cadence, tracker, checkpoints, stop flag.
         phase: ``"fp32"`` or ``"quant"``: the prefix of logged keys.
-        tracker: where epochs are logged.
-        step0: global epoch counter at the start (the W&B step).
+        epochs: epochs to run (0 skips).
 
     Returns:
-        Steps taken and seconds spent training (evaluation excluded).
+        Steps taken and seconds spent training (evaluation excluded),
+        including what a resumed run had done before.
+
+    Raises:
+        NumericalError: the loss became NaN or inf (the last good checkpoint
+            is kept).
+        Preempted: a stop was requested; the state was saved first.
     """
-    if epochs <= 0:
-        return FitResult(0, 0.0)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    n = arrays.x_train.shape[0]
-    steps_per_epoch = n // batch_size
-    rng = np.random.default_rng([seed, step0])
-    total_steps, train_seconds = 0, 0.0
-    for epoch in range(1, epochs + 1):
-        perm = rng.permutation(n)[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-        perm = jax.device_put(perm.astype(np.int32))
-        t0 = time.perf_counter()
-        losses = [train_step(model, opt, arrays.x_train, arrays.y_train, perm[s])
-                  for s in range(steps_per_epoch)]
-        train_loss = float(jnp.stack(losses).mean())  # one fetch per epoch
-        dt = time.perf_counter() - t0
-        total_steps += steps_per_epoch
-        train_seconds += dt
-        ev = evaluate(model, arrays, eval_batch_size)
-        row = {
-            f"{phase}/train_loss": train_loss,
-            f"{phase}/test_loss": ev["loss"],
-            f"{phase}/test_accuracy": ev["accuracy"],
-            f"{phase}/spike_rate": ev["spike_rate"]["mean"],
-            f"{phase}/epoch_time_s": dt,
-            "epoch": step0 + epoch,
-        }
-        tracker.log(row, step=step0 + epoch)
-        log.info(
-            "[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f  %.2fs",
-            phase, epoch, epochs, train_loss, 100 * ev["accuracy"], ev["spike_rate"]["mean"], dt,
-        )
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(
-                f"[{phase}] training loss is {train_loss} at epoch {epoch}; lower optim.lr "
-                "or set optim.grad_clip_norm"
+    n = loop.arrays.x_train.shape[0]
+    steps_per_epoch = n // loop.batch_size
+    k = loop.steps_per_call or steps_per_epoch
+    epoch0 = loop.epoch0[phase]
+    progress = {"phase": phase, "epoch": 0, "step": 0, "losses": [], "steps": 0, "seconds": 0.0,
+                "done": False, "global_epoch": epoch0}
+    saved = loop.state.latest_progress()
+    if saved is not None and saved["phase"] == phase:
+        progress = loop.state.restore(model, opt)
+        log.info("[%s] resumed at epoch %d step %d", phase, progress["epoch"] + 1, progress["step"])
+    if progress["done"] or epochs <= 0:
+        return FitResult(progress["steps"], progress["seconds"])
+
+    def save() -> None:
+        loop.state.save(loop.state.next_step(), model, opt, progress)
+
+    for epoch in range(progress["epoch"] + 1, epochs + 1):
+        rng = np.random.default_rng([loop.seed, PHASES.index(phase), epoch])
+        perm = rng.permutation(n)[: steps_per_epoch * loop.batch_size]
+        perm = jax.device_put(perm.reshape(steps_per_epoch, loop.batch_size).astype(np.int32))
+        for start, stop in _chunks(progress["step"], steps_per_epoch, k):
+            t0 = time.perf_counter()
+            losses = np.asarray(train_steps(model, opt, loop.arrays.x_train, loop.arrays.y_train,
+                                            perm[start:stop]))
+            dt = time.perf_counter() - t0
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise NumericalError(
+                    f"[{phase}] the training loss is {losses[bad[0]]} at epoch {epoch}, step "
+                    f"{start + bad[0] + 1}/{steps_per_epoch}; the last good checkpoint is kept in "
+                    f"{loop.state.directory}. Lower optim.lr or set optim.grad_clip_norm."
+                )
+            progress.update(step=stop, steps=progress["steps"] + stop - start,
+                            seconds=progress["seconds"] + dt,
+                            losses=progress["losses"] + [float(v) for v in losses])
+            if stop < steps_per_epoch and loop.stop.signum is not None:
+                save()
+                loop.stop.check(f"in {phase} epoch {epoch} at step {stop}/{steps_per_epoch}")
+        train_loss = float(np.mean(np.asarray(progress["losses"], np.float32)))
+        ev = evaluate(model, loop.arrays, loop.eval_batch_size)
+        if not np.isfinite(ev["loss"]):
+            raise NumericalError(
+                f"[{phase}] the test loss is {ev['loss']} after epoch {epoch}: the parameters hold NaN "
+                f"or inf; the last good checkpoint is kept in {loop.state.directory}. Lower optim.lr "
+                "or set optim.grad_clip_norm."
             )
-    return FitResult(total_steps, train_seconds)
+        progress.update(epoch=epoch, step=0, losses=[], global_epoch=epoch0 + epoch,
+                        done=epoch == epochs)
+        loop.tracker.log(
+            {
+                f"{phase}/train_loss": train_loss,
+                f"{phase}/test_loss": ev["loss"],
+                f"{phase}/test_accuracy": ev["accuracy"],
+                f"{phase}/spike_rate": ev["spike_rate"]["mean"],
+                "epoch": epoch0 + epoch,
+            },
+            step=epoch0 + epoch,
+        )
+        log.info("[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f",
+                 phase, epoch, epochs, train_loss, 100 * ev["accuracy"], ev["spike_rate"]["mean"])
+        if epoch == epochs or epoch % loop.checkpoint_every == 0 or loop.stop.signum is not None:
+            save()
+        loop.stop.check(f"after {phase} epoch {epoch}")
+    return FitResult(progress["steps"], progress["seconds"])
 
 
 def calibrate(model: nnx.Module, arrays: Arrays, batches: int, batch_size: int, seed: int) -> int:
-    """Runs ``batches`` training batches through a calibration model.
+    """Runs ``batches`` training batches through a calibration model, then freezes it.
 
     Returns:
         The number of batches used.
     """
     n = arrays.x_train.shape[0]
-    rng = np.random.default_rng([seed, 7])
-    used = 0
+    rng = np.random.default_rng([seed, len(PHASES)])
     for _ in range(batches):
-        calibrate_step(model, arrays.x_train, jnp.asarray(rng.choice(n, batch_size, replace=False), jnp.int32))
-        used += 1
+        idx = jnp.asarray(rng.choice(n, batch_size, replace=False), jnp.int32)
+        calibrate_step(model, arrays.x_train, idx)
     model.set_attributes(disable_quant_stats_update=True, raise_if_not_found=False)
-    return used
+    return batches
 
 
 # ------------------------------------------------------------- config checks
@@ -255,15 +378,15 @@ def check_config(cfg: DictConfig, rules: list[quant.Rule]) -> None:
     mode = cfg.mode.name
     if mode not in MODES:
         raise ConfigError(f"mode.name={mode!r}; valid choices: {list(MODES)}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1), ("steps_per_call", 0),
+                     ("checkpoint_every", 1)):
         value = cfg.trainer[key]
-        if not isinstance(value, int) or value <= 0 and key != "epochs" or value < 0:
-            raise ConfigError(f"trainer.{key}={value!r} must be a positive integer")
-    if mode == "qt" and cfg.mode.bwd_qtype is not None:
-        if cfg.mode.bwd_qtype not in quant.ACT_QTYPES:
-            raise ConfigError(
-                f"mode.bwd_qtype={cfg.mode.bwd_qtype!r}; valid choices: {list(quant.ACT_QTYPES)} or null"
-            )
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer >= {low}")
+    if mode == "qt" and cfg.mode.bwd_qtype is not None and cfg.mode.bwd_qtype not in quant.ACT_QTYPES:
+        raise ConfigError(
+            f"mode.bwd_qtype={cfg.mode.bwd_qtype!r}; valid choices: {list(quant.ACT_QTYPES)} or null"
+        )
     if mode == "srq" and rules and not any(r.act_qtype for r in rules):
         log.warning("srq with a weights-only recipe: there are no activation scales to calibrate")
     ckpt = cfg.mode.get("fp32_checkpoint")
@@ -272,8 +395,11 @@ def check_config(cfg: DictConfig, rules: list[quant.Rule]) -> None:
 
 
 def check_shapes(model: nnx.Module, batch_rows: list[int]) -> None:
-    """qwix tells weights from activations by shape; a square layer whose
-    input rows equal its width is ambiguous and crashes inside qwix."""
+    """Refuses a square layer whose input has as many rows as the layer is wide.
+
+    qwix tells weights from activations by shape; such a layer crashes inside
+    qwix ("lhs and rhs cannot be both weights").
+    """
     for path, m in nnx.iter_modules(model):
         if isinstance(m, nnx.Linear) and m.in_features == m.out_features and m.in_features in batch_rows:
             name = "/".join(map(str, path))
@@ -284,11 +410,62 @@ def check_shapes(model: nnx.Module, batch_rows: list[int]) -> None:
             )
 
 
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config trees."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in _RESUME_FREE_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
 # ------------------------------------------------------------------ the run
 
 
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Writes JSON atomically (a kill leaves the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(tracking.clean(payload), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _prepare_dir(cfg: DictConfig, out_dir: Path, resolved: dict) -> dict[str, Any] | None:
+    """Checks what ``out_dir`` already holds; returns the metrics of a finished run.
+
+    A directory with another configuration is refused (listing the keys that
+    differ); with ``resume=false`` earlier state is cleared instead.
+    """
+    stored_cfg = out_dir / "config.yaml"
+    if not stored_cfg.exists():
+        return None
+    if not cfg.resume:
+        for name in ("metrics.json", "status.json", "history.jsonl"):
+            (out_dir / name).unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        log.info("resume=false: cleared the earlier state in %s", out_dir)
+        return None
+    old = OmegaConf.to_container(OmegaConf.load(stored_cfg), resolve=True)
+    diffs = _config_diff(old, resolved)
+    if diffs:
+        raise ConfigError(
+            f"{out_dir} holds a run of another configuration ({'; '.join(diffs[:6])}). Use a new "
+            "output directory, or resume=false to start this one over."
+        )
+    status = json.loads((out_dir / "status.json").read_text()) if (out_dir / "status.json").exists() else {}
+    if status.get("status") == "ok" and (out_dir / "metrics.json").exists():
+        return json.loads((out_dir / "metrics.json").read_text())
+    return None
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Runs one composed experiment and records it.
+    """Runs one composed experiment and records it; resumes an interrupted one.
 
     Args:
         cfg: the composed config (``conf/train.yaml`` and its groups).
@@ -296,98 +473,127 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     Returns:
         The metrics written to ``out_dir/metrics.json``.
+
+    Raises:
+        quant.RecipeError, ConfigError: a bad configuration, before any compute.
+        NumericalError: NaN or inf during training (recorded as failed).
+        Preempted: stopped by a signal after saving (recorded as preempted).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
     check_config(cfg, rules)
-    mode = cfg.mode.name
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    finished = _prepare_dir(cfg, out_dir, resolved)
+    if finished is not None:
+        log.info("%s already finished; skipping (resume=false runs it again)", out_dir)
+        return finished
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    status_path = out_dir / "status.json"
+    _write_json(status_path, {"status": "running", "pid": os.getpid(), "started": time.time()})
 
-    data = build.data(cfg)
-    model = build.model(cfg, data.features, data.n_classes)
-    bs = min(cfg.trainer.batch_size, len(data.x_train))
-    ebs = min(cfg.trainer.eval_batch_size, len(data.x_test))
-    check_shapes(model, [bs, ebs, 1, bs * data.steps, ebs * data.steps, data.steps])
-    sample = jnp.asarray(data.x_train[:1])
-    quant.quantize(model, rules, "ptq", sample)  # a rule that matches nothing fails here
-    arrays = Arrays.put(data)
-    log.info(
-        "%s: %d train / %d test, T=%d, F=%d, %d classes | model %s | %s %s",
-        data.name, len(data.x_train), len(data.x_test), data.steps, data.features,
-        data.n_classes, [data.features, *cfg.model.hidden, data.n_classes], cfg.quant.name, mode,
-    )
-
-    tracker = tracking.Tracker(
-        out_dir, resolved,
-        backend=cfg.logger.backend,
-        project=cfg.logger.get("project", "snnexp"),
-        entity=cfg.logger.get("entity"),
-        group=cfg.logger.get("group"),
-        name=cfg.logger.get("name"),
-        tags=[f"quant:{cfg.quant.name}", f"mode:{mode}", f"neuron:{cfg.neuron.name}",
-              f"data:{cfg.data.name}", *cfg.logger.get("tags", [])],
-        mode=cfg.logger.get("mode"),
-    )
-    ok = False
+    tracker = None
     try:
-        result = _pipeline(cfg, rules, model, arrays, data, sample, bs, ebs, tracker, out_dir)
-        tracker.summary(result)
-        ok = True
-    finally:
-        tracker.finish(exit_code=0 if ok else 1)
-    (out_dir / "metrics.json").write_text(json.dumps(tracking.clean(result), indent=2) + "\n")
+        data = build.data(cfg)
+        model = build.model(cfg, data.features, data.n_classes)
+        bs = min(cfg.trainer.batch_size, len(data.x_train))
+        ebs = min(cfg.trainer.eval_batch_size, len(data.x_test))
+        check_shapes(model, [1, bs, ebs, bs * data.steps, ebs * data.steps, data.steps])
+        sample = jnp.asarray(data.x_train[:1])
+        quant.quantize(model, rules, "ptq", sample)  # a rule that matches nothing fails here
+        state = checkpoint.TrainState(out_dir / "checkpoints" / "train")
+        saved = state.latest_progress()
+        tracker = tracking.Tracker.from_config(cfg, out_dir, resolved,
+                                               resume_step=saved["global_epoch"] if saved else 0)
+        log.info(
+            "%s: %d train / %d test, T=%d, F=%d, %d classes | model %s | %s %s",
+            data.name, len(data.x_train), len(data.x_test), data.steps, data.features,
+            data.n_classes, model.layer_sizes(), cfg.quant.name, cfg.mode.name,
+        )
+        with stop_on_signals() as stop:
+            loop = Loop(Arrays.put(data), bs, ebs, cfg.trainer.steps_per_call, cfg.trainer.checkpoint_every,
+                        cfg.seed, tracker, state, stop)
+            result = _pipeline(cfg, rules, model, data, sample, loop, out_dir)
+        state.close()
+    except BaseException as e:
+        preempted = isinstance(e, Preempted | KeyboardInterrupt)
+        _write_json(status_path, {"status": "preempted" if preempted else "failed",
+                                  "error": f"{type(e).__name__}: {e}",
+                                  "traceback": traceback.format_exc(limit=20)})
+        if not preempted:
+            _write_json(out_dir / "metrics.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        if tracker is not None:
+            tracker.fail(f"{type(e).__name__}: {e}", preempted=preempted)
+        raise
+    result = {"status": "ok", **result}
+    tracker.summary(result)
+    tracker.finish(exit_code=0)
+    _write_json(out_dir / "metrics.json", result)
+    _write_json(status_path, {"status": "ok"})
     log.info("results\n%s", results_table(result))
     return result
 
 
-def _pipeline(cfg, rules, model, arrays, data, sample, bs, ebs, tracker, out_dir) -> dict[str, Any]:
-    mode = cfg.mode.name
-    m = cfg.mode
-    steps_per_epoch = len(data.x_train) // bs
-    fit_kw = dict(arrays=arrays, batch_size=bs, eval_batch_size=ebs, seed=cfg.seed, tracker=tracker)
+def _pipeline(cfg, rules, model, data, sample, loop: Loop, out_dir: Path) -> dict[str, Any]:
+    mode, m = cfg.mode.name, cfg.mode
+    steps_per_epoch = len(data.x_train) // loop.batch_size
+    fp32_epochs = 0 if mode == "qt" or m.fp32_checkpoint else m.fp32_epochs
+    loop.epoch0 = {"fp32": 0, "quant": fp32_epochs}
     fits: list[FitResult] = []
     fp32_eval = None
-    epoch = 0
+    ckpts = out_dir / "checkpoints"
 
+    done_path = ckpts / "phases.json"  # steps and seconds of finished phases
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+
+    def finish_phase(name: str, result: FitResult) -> None:
+        fits.append(result)
+        done[name] = {"steps": result.steps, "seconds": result.seconds}
+        _write_json(done_path, done)
+
+    quant_epochs = {"qt": m.get("epochs", 0), "qat": m.get("quant_epochs", 0)}.get(mode, 0)
     if mode == "qt":
-        qmodel = quant.quantize(model, rules, "qt", sample, bwd_qtype=m.bwd_qtype)
-        tx = build.optimizer(cfg, m.epochs * steps_per_epoch)
-        fits.append(fit(qmodel, tx, epochs=m.epochs, phase="quant", step0=epoch, **fit_kw))
-        epoch += m.epochs
-        trained = qmodel
+        trained = quant.quantize(model, rules, "qt", sample, bwd_qtype=m.bwd_qtype)
+        tx = build.optimizer(cfg, quant_epochs * steps_per_epoch)
+        finish_phase("quant", fit(trained, tx, loop, phase="quant", epochs=quant_epochs))
     else:
-        if m.fp32_checkpoint:
+        if (ckpts / "fp32").exists():
+            checkpoint.restore(ckpts / "fp32", model)
+            fits.append(FitResult(**done.get("fp32", {"steps": 0, "seconds": 0.0})))
+        elif m.fp32_checkpoint:
             checkpoint.restore(Path(m.fp32_checkpoint), model)
             log.info("fp32 weights restored from %s", m.fp32_checkpoint)
         else:
             tx = build.optimizer(cfg, m.fp32_epochs * steps_per_epoch)
-            fits.append(fit(model, tx, epochs=m.fp32_epochs, phase="fp32", step0=epoch, **fit_kw))
-            epoch += m.fp32_epochs
-        fp32_eval = evaluate(model, arrays, ebs)
-        checkpoint.save(out_dir / "checkpoints" / "fp32", model)
+            finish_phase("fp32", fit(model, tx, loop, phase="fp32", epochs=m.fp32_epochs))
+        fp32_eval = evaluate(model, loop.arrays, loop.eval_batch_size)
+        if not (ckpts / "fp32").exists():
+            checkpoint.save(ckpts / "fp32", model)
+        loop.stop.check("after the fp32 phase")
         if mode == "qat":
             trained = quant.quantize(model, rules, "qat", sample)
-            tx = build.optimizer(cfg, m.quant_epochs * steps_per_epoch, lr_scale=m.lr_scale)
-            fits.append(fit(trained, tx, epochs=m.quant_epochs, phase="quant", step0=epoch, **fit_kw))
-            epoch += m.quant_epochs
+            tx = build.optimizer(cfg, quant_epochs * steps_per_epoch, lr_scale=m.lr_scale)
+            finish_phase("quant", fit(trained, tx, loop, phase="quant", epochs=quant_epochs))
         elif mode == "srq":
             trained = quant.quantize(model, rules, "calibrate", sample)
-            used = calibrate(trained, arrays, m.calib_batches, bs, cfg.seed)
-            log.info("calibrated static activation scales on %d batches of %d", used, bs)
+            if (ckpts / "calibrated").exists():
+                checkpoint.restore(ckpts / "calibrated", trained)
+                trained.set_attributes(disable_quant_stats_update=True, raise_if_not_found=False)
+            else:
+                used = calibrate(trained, loop.arrays, m.calib_batches, loop.batch_size, cfg.seed)
+                checkpoint.save(ckpts / "calibrated", trained)
+                log.info("calibrated static activation scales on %d batches of %d", used, loop.batch_size)
         else:
             trained = model
 
     deployed = quant.quantize(trained, rules, "srq" if mode == "srq" else "ptq", sample)
-    q_eval = evaluate(deployed, arrays, ebs)
-    checkpoint.save(out_dir / "checkpoints" / "quant", deployed)
+    q_eval = evaluate(deployed, loop.arrays, loop.eval_batch_size)
+    checkpoint.save(ckpts / "quant", deployed)
 
     train_time = sum(f.seconds for f in fits)
-    train_steps = sum(f.steps for f in fits)
-    sizes = [data.features, *cfg.model.hidden, data.n_classes]
-    input_rate = float(np.mean(data.x_test))
-    layer_rates = [q_eval["spike_rate"][f"layer_{i}"] for i in range(len(cfg.model.hidden))]
+    train_steps_done = sum(f.steps for f in fits)
+    n_layers = len(q_eval["spike_rate"]) - 1
+    layer_rates = np.asarray([q_eval["spike_rate"][f"layer_{i}"] for i in range(n_layers)])
     fp32_acc = fp32_eval["accuracy"] if fp32_eval else None
     return {
         "recipe": cfg.quant.name,
@@ -401,16 +607,18 @@ def _pipeline(cfg, rules, model, arrays, data, sample, bs, ebs, tracker, out_dir
         "bits_per_weight": metrics.bits_per_weight(deployed),
         "spike_rate": q_eval["spike_rate"],
         "fp32_spike_rate": fp32_eval["spike_rate"] if fp32_eval else None,
-        "synaptic_ops_per_sample": metrics.synaptic_ops(input_rate, np.asarray(layer_rates), sizes, data.steps),
+        "synaptic_ops_per_sample": metrics.synaptic_ops(
+            float(np.mean(data.x_test)), layer_rates, model.synapses(), data.steps
+        ),
         "train_time_s": train_time,
-        "train_steps": train_steps,
-        "steps_per_s": train_steps / train_time if train_time > 0 else None,
-        "epochs": epoch,
+        "train_steps": train_steps_done,
+        "steps_per_s": train_steps_done / train_time if train_time > 0 else None,
+        "epochs": loop.epoch0["quant"] + quant_epochs,
     }
 
 
 def results_table(result: dict[str, Any]) -> str:
-    """The final console table of a run."""
+    """Formats the final console table of a run."""
 
     def fmt(v: Any) -> str:
         if v is None:
@@ -424,7 +632,8 @@ def results_table(result: dict[str, Any]) -> str:
         ("fp32 accuracy", fmt(result["fp32_accuracy"])),
         ("quant accuracy", fmt(result["quant_accuracy"])),
         ("accuracy drop", fmt(result["accuracy_drop"])),
-        ("weight bytes fp32 -> quant", f"{fmt(result['weight_bytes_fp32'])} -> {fmt(result['weight_bytes_quant'])}"),
+        ("weight bytes fp32", fmt(result["weight_bytes_fp32"])),
+        ("weight bytes quant", fmt(result["weight_bytes_quant"])),
         ("bits per weight", fmt(result["bits_per_weight"])),
         ("spike rate (mean)", fmt(result["spike_rate"]["mean"])),
         ("synaptic ops / sample", fmt(result["synaptic_ops_per_sample"])),

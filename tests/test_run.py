@@ -79,7 +79,7 @@ def test_fp32_checkpoint_skips_training_and_gives_the_same_fp32_accuracy(tmp_pat
         ("quant.rules.0.act_qtype=uint8", "'uint8' is not supported"),
         ("quant.rules.0.weight_qtype=null", "weight_qtype is null"),
         ("quant.rules.0.module_path=.*Linear.*", "matched no layer; layers with weights: \\['fc/0'"),
-        ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive integer"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be an integer >= 1"),
         ("mode.fp32_checkpoint=/no/such/ckpt", "'/no/such/ckpt' does not exist"),
     ],
 )
