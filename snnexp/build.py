@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,13 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiates a ``_target_`` node, leaving out its ``name`` label."""
     fields = {k: v for k, v in node.items() if k != "name"}
-    return instantiate(OmegaConf.create(fields), **kwargs)
+    try:
+        return instantiate(OmegaConf.create(fields), **kwargs)
+    except InstantiationException as e:
+        # Hydra wraps the target's own error; the user needs that error.
+        if isinstance(e.__cause__, (ValueError, TypeError, OSError, ImportError)):
+            raise e.__cause__ from None
+        raise
 
 
 def data(cfg: DictConfig) -> Dataset:

@@ -40,11 +40,14 @@ def save(path: Path, model: nnx.Module) -> Path:
 
 def _check_fits(path: Path, stored: Any, template: Any) -> None:
     """Raises ``CheckpointError`` naming the first parameter that differs."""
-    flat_t = dict(jax.tree_util.tree_flatten_with_path(template)[0])
-    flat_s = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
-    name = lambda p: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p)  # noqa: E731
-    t_names = {name(p): v for p, v in flat_t.items()}
-    s_names = {name(p): v for p, v in flat_s.items()}
+    def names(tree: Any) -> dict[str, Any]:
+        out = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+            out["/".join(k for k in keys if k not in ("value", ".value"))] = leaf
+        return out
+
+    t_names, s_names = names(template), names(stored)
     missing = sorted(set(t_names) - set(s_names))
     extra = sorted(set(s_names) - set(t_names))
     if missing or extra:

@@ -75,8 +75,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(overrides, kill_after, 
     assert resumed.returncode == 0, log[-3000:]
     assert "resumed at epoch" in log or "restored" in log or "fp32" in log
     final = json.loads((out / "metrics.json").read_text())
-    assert without_timing(final) == pytest.approx(without_timing(reference))
-    assert final["quant_accuracy"] == reference["quant_accuracy"]  # bit-identical
+    assert without_timing(final) == without_timing(reference)  # bit-identical on CPU
     history = [json.loads(r) for r in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == list(range(1, final["epochs"] + 1))
 
@@ -101,7 +100,7 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_finishes_identically(tmp_path):
     assert resumed.returncode == 0, log[-3000:]
     assert "resumed at epoch" in log
     final = json.loads((out / "metrics.json").read_text())
-    assert without_timing(final) == pytest.approx(without_timing(reference))
+    assert without_timing(final) == without_timing(reference)  # bit-identical on CPU
 
 
 def test_same_config_and_seed_give_the_same_metrics(tmp_path):
@@ -126,7 +125,7 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
 
 
 def test_nan_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
-    cfg = make_cfg("debug=fast", "trainer.epochs=2", "mode=qat", "mode.lr_scale=1e30")
+    cfg = make_cfg("debug=fast", "trainer.epochs=2", "mode=qat", "mode.lr_scale=inf")
     with pytest.raises(NumericalError, match=r"\[quant\] the (training|test) loss is (nan|inf).*epoch 1"):
         run(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -145,8 +144,8 @@ def test_checkpoint_of_another_shape_names_the_parameter(tmp_path):
     run(make_cfg("debug=fast", "mode=ptq"), tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoints" / "fp32"
     cfg = make_cfg("debug=fast", "mode=ptq", "model.hidden=[32]", f"mode.fp32_checkpoint={ckpt}")
-    with pytest.raises(CheckpointError, match=r"fc/0/kernel has shape \(16, 24\) in the checkpoint but "
-                                              r"\(16, 32\)"):
+    with pytest.raises(CheckpointError, match=r"parameter fc/0/bias has shape \(24,\) in the checkpoint "
+                                              r"but \(32,\) in the model"):
         run(cfg, tmp_path / "b")
 
 
