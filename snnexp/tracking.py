@@ -163,6 +163,18 @@ class Tracker:
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B summary failed (%s); metrics.json has it", e)
 
+    def log_checkpoint(self, path: Path, name: str) -> None:
+        """Logs a checkpoint directory as a W&B model artifact (off by default)."""
+        if self.run is not None:
+            try:
+                import wandb
+
+                artifact = wandb.Artifact(name, type="model")
+                artifact.add_dir(str(path))
+                self.run.log_artifact(artifact)
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B artifact upload failed (%s); the checkpoint is in %s", e, path)
+
     def fail(self, error: str, *, preempted: bool = False) -> None:
         """Records a failed (or preempted) run in W&B and closes it."""
         if self.run is not None:

@@ -481,8 +481,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
-    check_config(cfg, rules)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     finished = _prepare_dir(cfg, out_dir, resolved)
     if finished is not None:
@@ -490,6 +488,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         return finished
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     status_path = out_dir / "status.json"
+    try:
+        rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
+        check_config(cfg, rules)
+    except ValueError as e:
+        _write_json(status_path, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
     _write_json(status_path, {"status": "running", "pid": os.getpid(), "started": time.time()})
 
     tracker = None
@@ -527,6 +531,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise
     result = {"status": "ok", **result}
     tracker.summary(result)
+    if cfg.logger.get("log_checkpoint"):
+        tracker.log_checkpoint(out_dir / "checkpoints" / "quant", f"{cfg.quant.name}-{cfg.mode.name}")
     tracker.finish(exit_code=0)
     _write_json(out_dir / "metrics.json", result)
     _write_json(status_path, {"status": "ok"})
