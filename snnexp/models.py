@@ -149,3 +149,205 @@ class FeedForwardSNN(nnx.Module):
 
         _, readout = jax.lax.scan(integrate, self.li.initial_state(b), drive)
         return jnp.swapaxes(readout, 0, 1), jnp.swapaxes(rates, 0, 1)
+
+
+def _check_loop(loop: str) -> None:
+    if loop not in ("scan", "unrolled", "carry"):
+        raise ValueError(f"loop={loop!r}; valid choices: scan, unrolled, carry")
+
+
+def _run_time(model: nnx.Module, step: Callable, state, cur, loop: Loop):
+    """Runs ``step(state, cur_t) -> (state, out_t)`` over the leading axis of ``cur``.
+
+    The three loops of ``FeedForwardSNN.__call__`` (see the module docstring):
+    ``scan`` closes over the model, ``unrolled`` is a Python loop (qwix's first
+    call), ``carry`` scans with the model in the carry (static-range
+    calibration). ``step`` must be a method of ``model``; it is looked up by
+    name on the carried model in ``carry``.
+
+    Returns:
+        The outputs of every step, stacked on a leading time axis.
+    """
+    _check_loop(loop)
+    if loop == "scan":
+        _, outs = jax.lax.scan(step, state, cur)
+        return outs
+    if loop == "unrolled":
+        t = jax.tree.leaves(cur)[0].shape[0]
+        per_step = []
+        for k in range(t):
+            state, out = step(state, jax.tree.map(lambda a, k=k: a[k], cur))
+            per_step.append(out)
+        return jax.tree.map(lambda *a: jnp.stack(a), *per_step)
+    name = step.__name__
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def body(carry, cur_t):
+        m, st = carry
+        st, out = getattr(m, name)(st, cur_t)
+        return (m, st), out
+
+    _, outs = body((model, state), cur)
+    return outs
+
+
+def _li_readout(readout: nnx.Linear, li: LI, spikes: jax.Array) -> jax.Array:
+    """Readout projection over all ``T*B`` rows at once, then the LI scan.
+
+    Args:
+        readout: the output projection ``[D, n_out]``.
+        li: the leaky-integrator neuron.
+        spikes: last-layer spikes ``[T, B, D]``.
+
+    Returns:
+        The LI membrane ``[B, T, n_out]``.
+    """
+    t, b, d = spikes.shape
+    drive = readout(spikes.reshape(t * b, d)).reshape(t, b, -1)
+
+    def integrate(v, x):
+        out, v = li(x, v)
+        return v, out
+
+    _, out = jax.lax.scan(integrate, li.initial_state(b), drive)
+    return jnp.swapaxes(out, 0, 1)
+
+
+class RecurrentSNN(nnx.Module):
+    """Recurrent spiking layers (spyx ``RLIF``/``RCuBaLIF`` style), LI readout.
+
+    Hidden layer ``i`` at step ``t`` receives the previous layer's spikes
+    through ``fc/i`` and its own spikes through ``rec/i`` (no bias); the two
+    currents are summed and handed to the configured spyx neuron::
+
+        s_t   = spikes the neuron emits at step t (decided by its state alone)
+        x_t   = fc_i(input_t) + rec_i(s_t)
+        s_t, state = neuron_i(x_t, state)
+
+    As in spyx's ``RLIF``/``RCuBaLIF``, the feedback uses the spikes the layer
+    fires this step, which every spyx neuron decides from the membrane left by
+    the previous step (``spikes = H(V - threshold)`` before ``x`` is
+    integrated). They are read by calling the neuron once on a zero input and
+    discarding its state: with ``neuron=LIF`` (``CuBaLIF``) the hidden layer is
+    exactly spyx's ``RLIF`` (``RCuBaLIF``) with ``recurrent_w = rec/i.kernel``,
+    but the recurrent matrix lives in an ``nnx.Linear``, so qwix quantizes it
+    (a bare ``@`` as in spyx stays silently fp32; see QWIX_FACTS.md). Any spyx
+    neuron works: LIF, CuBaLIF, ALIF, IF.
+
+    The recurrent kernels start orthogonal times ``rec_gain / sqrt(H)``
+    (entries of about ``rec_gain / H``), small next to the input current, so
+    early activity neither dies nor runs away.
+
+    Module paths (what a quantization rule's ``module_path`` matches):
+    ``fc/0`` .. ``fc/{L-1}`` for the input projections of the hidden layers,
+    ``rec/0`` .. ``rec/{L-1}`` for the recurrent matrices ``[H_i, H_i]``,
+    ``neurons/i`` for the spyx neurons, ``readout`` for the output projection,
+    ``li`` for the leaky-integrator readout neuron. A recipe's ``.*`` covers
+    the recurrent matrices; ``rec/.*`` picks them alone.
+
+    qwix tells a weight from an activation by shape when it cannot trace it:
+    a ``rec/i`` matrix ``[H, H]`` fed a batch of ``H`` rows crashes qwix's QAT
+    ("lhs and rhs cannot be both weights"); ``snnexp.train.check_shapes``
+    refuses such a batch size before any compute.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: Sequence[int],
+        n_out: int,
+        neuron: NeuronFactory,
+        readout_beta: float | None = 0.9,
+        rec_gain: float = 1.0,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the network.
+
+        Args:
+            n_in: input features per time step.
+            hidden: sizes of the recurrent spiking layers, e.g. ``[128]``.
+            n_out: number of classes.
+            neuron: a spyx neuron class (or partial) called as
+                ``neuron(hidden_shape=(h,), rngs=rngs)``.
+            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            rec_gain: the recurrent kernels start as an orthogonal matrix times
+                ``rec_gain / sqrt(H)``; 0 starts without feedback.
+            rngs: random streams for the parameters.
+        """
+        if not hidden:
+            raise ValueError("model.hidden must name at least one hidden layer, got []")
+        if rec_gain < 0:
+            raise ValueError(f"model.rec_gain must be >= 0, got {rec_gain}")
+        sizes = [n_in, *hidden]
+        self.fc = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.rec = nnx.List(
+            [
+                nnx.Linear(h, h, use_bias=False, rngs=rngs,
+                           kernel_init=nnx.initializers.orthogonal(scale=rec_gain / h**0.5))
+                for h in hidden
+            ]
+        )
+        self.neurons = nnx.List([neuron(hidden_shape=(h,), rngs=rngs) for h in hidden])
+        self.readout = nnx.Linear(hidden[-1], n_out, rngs=rngs)
+        self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+
+    def layer_sizes(self) -> list[int]:
+        """Widths ``[F, H_0, ..., H_{L-1}, n_out]``."""
+        return [self.fc[0].in_features, *(f.out_features for f in self.fc), self.readout.out_features]
+
+    def synapses(self) -> list[tuple[int, int]]:
+        """``(neurons, fan-out)`` of the input and of each spiking layer.
+
+        A recurrent layer's fan-out counts its recurrent synapses too:
+        ``[(F, H_0), (H_0, H_0 + H_1), ..., (H_{L-1}, H_{L-1} + n_out)]``.
+        """
+        sizes = self.layer_sizes()
+        out = [(sizes[0], sizes[1])]
+        for i, h in enumerate(sizes[1:-1]):
+            out.append((h, h + sizes[i + 2]))
+        return out
+
+    def _step(self, state: list[jax.Array], cur: jax.Array):
+        """One time step of the recurrent stack.
+
+        Args:
+            state: one neuron state per hidden layer, each ``[B, ...]``.
+            cur: input current of the first hidden layer, ``[B, H_0]``.
+
+        Returns:
+            ``(new_state, (spikes_last [B, H_last], rates [B, L]))`` where
+            ``rates[:, i]`` is the fraction of layer ``i`` that spiked.
+        """
+        new_state, rates = [], []
+        x = cur
+        for i, neuron in enumerate(self.neurons):
+            if i > 0:
+                x = self.fc[i](x)
+            fired, _ = neuron(jnp.zeros_like(x), state[i])  # this step's spikes: state alone decides
+            x, s = neuron(x + self.rec[i](fired), state[i])
+            new_state.append(s)
+            rates.append(jnp.mean(x, axis=-1))
+        return new_state, (x, jnp.stack(rates, axis=-1))
+
+    def __call__(self, x: jax.Array, *, loop: Loop = "scan") -> tuple[jax.Array, jax.Array]:
+        """Runs the network over a whole sequence.
+
+        Args:
+            x: inputs ``[B, T, n_in]``.
+            loop: ``"scan"`` (training, evaluation), ``"unrolled"`` (qwix's
+                first call), ``"carry"`` (static-range calibration).
+
+        Returns:
+            ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
+            step, and the per-layer fraction of neurons that spiked per step.
+        """
+        _check_loop(loop)
+        b, t, n_in = x.shape
+        cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
+        cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]
+        state = [n.initial_state(b) for n in self.neurons]
+        spikes, rates = _run_time(self, self._step, state, cur, loop)
+        return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)

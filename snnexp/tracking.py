@@ -23,9 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def wandb_mode(requested: str | None) -> str:
-    """The W&B mode to use: the config's, else ``WANDB_MODE``, else offline
-    unless an API key is present.
-    """
+    """Picks the W&B mode: the config's, else ``WANDB_MODE``, else offline without an API key."""
     if requested:
         return requested
     if os.environ.get("WANDB_MODE"):

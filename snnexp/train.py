@@ -144,6 +144,46 @@ def calibrate_step(model: nnx.Module, xs: jax.Array, idx: jax.Array) -> None:
     model(xs[idx], loop="carry")
 
 
+# ---------------------------------------------------------- compile counters
+
+
+class CompileStats:
+    """Counts XLA compilations and persistent-cache hits (JAX monitoring events).
+
+    JAX reports a program loaded from the persistent cache as a compilation
+    too; ``run`` subtracts the hits to count the programs really compiled.
+    """
+
+    compilations = 0
+    compile_seconds = 0.0
+    cache_hits = 0
+    _registered = False
+
+    @classmethod
+    def register(cls) -> None:
+        """Installs the listeners once per process."""
+        if cls._registered:
+            return
+        cls._registered = True
+
+        def on_duration(event: str, seconds: float, **_: Any) -> None:
+            if event == "/jax/core/compile/backend_compile_duration":
+                cls.compilations += 1
+                cls.compile_seconds += seconds
+
+        def on_event(event: str, **_: Any) -> None:
+            if event == "/jax/compilation_cache/cache_hits":
+                cls.cache_hits += 1
+
+        jax.monitoring.register_event_duration_secs_listener(on_duration)
+        jax.monitoring.register_event_listener(on_event)
+
+    @classmethod
+    def snapshot(cls) -> tuple[int, float, int]:
+        """``(compilations, compile seconds, cache hits)`` so far."""
+        return cls.compilations, cls.compile_seconds, cls.cache_hits
+
+
 # -------------------------------------------------------------- stop requests
 
 
@@ -495,6 +535,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         _write_json(status_path, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
     _write_json(status_path, {"status": "running", "pid": os.getpid(), "started": time.time()})
+    CompileStats.register()
+    compiles0, compile_s0, hits0 = CompileStats.snapshot()
+    t_start = time.perf_counter()
 
     tracker = None
     try:
@@ -529,7 +572,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if tracker is not None:
             tracker.fail(f"{type(e).__name__}: {e}", preempted=preempted)
         raise
-    result = {"status": "ok", **result}
+    compiles1, compile_s1, hits1 = CompileStats.snapshot()
+    result = {"status": "ok", **result, "run_time_s": time.perf_counter() - t_start,
+              "compile_time_s": compile_s1 - compile_s0, "compile_cache_hits": hits1 - hits0,
+              # a persistent-cache hit is reported as a (short) compilation too
+              "compilations": (compiles1 - compiles0) - (hits1 - hits0)}
     tracker.summary(result)
     if cfg.logger.get("log_checkpoint"):
         tracker.log_checkpoint(out_dir / "checkpoints" / "quant", f"{cfg.quant.name}-{cfg.mode.name}")
