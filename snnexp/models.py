@@ -351,3 +351,184 @@ class RecurrentSNN(nnx.Module):
         state = [n.initial_state(b) for n in self.neurons]
         spikes, rates = _run_time(self, self._step, state, cur, loop)
         return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)
+
+
+POOLINGS = ("max", "avg")
+
+
+class ConvSNN(nnx.Module):
+    """Conv -> spiking neuron -> pooling per layer, Linear -> LI readout.
+
+    For event-camera frames such as N-MNIST: the inputs arrive flattened as
+    ``[B, T, F]`` with ``F = C*H*W`` in ``(channel, y, x)`` order (what
+    ``snnexp.data.nmnist`` produces: polarity-major). Each frame is viewed as
+    an NHWC image. The first convolution does not depend on the network's
+    state, so it runs once over all ``B*T`` frames outside the time scan; the
+    later convolutions run per step inside it. Pooling (``max`` keeps spikes
+    binary, so int8 activation scales stay exact; ``avg`` gives fractions)
+    follows each spiking layer; the last pooled map is flattened into the
+    readout, which again runs over all ``T*B`` rows outside the scan.
+
+    Module paths (what a quantization rule's ``module_path`` matches):
+    ``conv/0`` .. ``conv/{L-1}`` for the convolutions (``nnx.Conv``, seen by
+    qwix through ``conv_general_dilated``), ``neurons/i`` for the spyx
+    neurons (one per ``(H_i, W_i, C_i)`` map), ``readout`` for the output
+    projection, ``li`` for the leaky-integrator readout neuron.
+
+    qwix 0.1.8 converts a convolution to integers (``PtqProvider``, which
+    every mode ends with) only when its activation and weight qtypes are equal
+    (``w8a8``); ``weights_only``, ``w4a8`` and ``ternary`` recipes fail on
+    ``conv/*`` there with qwix's "conv_general_dilated requires same act_qtype
+    and weight_qtype".
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        channels: Sequence[int],
+        kernel_sizes: Sequence[int],
+        n_out: int,
+        neuron: NeuronFactory,
+        pool: Sequence[int] | None = None,
+        pooling: str = "max",
+        image: Sequence[int] | None = None,
+        readout_beta: float | None = 0.9,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the network.
+
+        Args:
+            n_in: input features per time step, ``C*H*W``.
+            channels: output channels of each convolution, e.g. ``[16, 32]``.
+            kernel_sizes: square kernel size of each convolution, e.g. ``[5, 3]``
+                (``SAME`` padding, stride 1).
+            n_out: number of classes.
+            neuron: a spyx neuron class (or partial) called as
+                ``neuron(hidden_shape=(H, W, C), rngs=rngs)``.
+            pool: pooling window (and stride) after each spiking layer; 1
+                pools nothing. ``None``: no pooling anywhere.
+            pooling: ``"max"`` or ``"avg"``.
+            image: ``[C, H, W]`` of one frame; ``None`` infers a square frame
+                of two channels (ON/OFF polarity) from ``n_in``.
+            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            rngs: random streams for the parameters.
+        """
+        if not channels:
+            raise ValueError("model.channels must name at least one convolution, got []")
+        if len(kernel_sizes) != len(channels):
+            raise ValueError(
+                f"model.kernel_sizes={list(kernel_sizes)} must give one size per convolution "
+                f"(model.channels={list(channels)})"
+            )
+        pool = [1] * len(channels) if pool is None else list(pool)
+        if len(pool) != len(channels) or any(int(p) != p or p < 1 for p in pool):
+            raise ValueError(
+                f"model.pool={pool} must give one window >= 1 per convolution (model.channels={list(channels)})"
+            )
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={pooling!r}; valid choices: {list(POOLINGS)}")
+        self.image = self._image_shape(n_in, image)
+        c, h, w = self.image
+        self.pool = [int(p) for p in pool]
+        self.pooling = pooling
+        self.kernel_sizes = [int(k) for k in kernel_sizes]
+        convs, neurons, self.maps = [], [], []
+        for cout, k, p in zip(channels, kernel_sizes, self.pool, strict=True):
+            convs.append(nnx.Conv(c, cout, (k, k), padding="SAME", rngs=rngs))
+            neurons.append(neuron(hidden_shape=(h, w, cout), rngs=rngs))
+            self.maps.append((h, w, cout))
+            if h < p or w < p:
+                raise ValueError(f"model.pool={self.pool}: a {p}x{p} window does not fit a {h}x{w} map")
+            c, h, w = cout, h // p, w // p
+        self.conv = nnx.List(convs)
+        self.neurons = nnx.List(neurons)
+        self.readout = nnx.Linear(c * h * w, n_out, rngs=rngs)
+        self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+
+    @staticmethod
+    def _image_shape(n_in: int, image: Sequence[int] | None) -> tuple[int, int, int]:
+        if image is None:
+            side = round((n_in / 2) ** 0.5)
+            if 2 * side * side != n_in:
+                raise ValueError(
+                    f"{n_in} input features are not a square two-channel frame 2*H*H; set "
+                    "model.image=[C, H, W]"
+                )
+            return 2, side, side
+        if len(image) != 3 or any(int(d) != d or d < 1 for d in image):
+            raise ValueError(f"model.image={list(image)} must be [C, H, W] with positive integers")
+        c, h, w = (int(d) for d in image)
+        if c * h * w != n_in:
+            raise ValueError(f"model.image={[c, h, w]} holds {c * h * w} features but the data has {n_in}")
+        return c, h, w
+
+    def layer_sizes(self) -> list[int]:
+        """Sizes ``[F, N_0, ..., N_{L-1}, n_out]``; ``N_i = H_i*W_i*C_i`` neurons of layer ``i``."""
+        c, h, w = self.image
+        return [c * h * w, *(a * b * d for a, b, d in self.maps), self.readout.out_features]
+
+    def synapses(self) -> list[tuple[int, int]]:
+        """``(neurons, fan-out)`` of the input and of each spiking layer.
+
+        A unit feeding convolution ``i`` reaches ``k_i * k_i * C_i`` synapses
+        (fewer at the border); the last layer reaches ``n_out``. After pooling
+        several spikes may merge into one pooled unit, so with pooling this is
+        an upper bound of the synaptic operations.
+        """
+        sizes = self.layer_sizes()
+        fan = [k * k * m[2] for k, m in zip(self.kernel_sizes, self.maps, strict=True)]
+        return list(zip(sizes[:-1], [*fan, sizes[-1]], strict=True))
+
+    def _pool(self, s: jax.Array, p: int) -> jax.Array:
+        if p == 1:
+            return s
+        f = nnx.max_pool if self.pooling == "max" else nnx.avg_pool
+        return f(s, window_shape=(p, p), strides=(p, p))
+
+    def _step(self, state: list[jax.Array], cur: jax.Array):
+        """One time step of the convolutional stack.
+
+        Args:
+            state: one neuron state per layer, each ``[B, H_i, W_i, ...]``.
+            cur: output of ``conv/0`` for this step, ``[B, H_0, W_0, C_0]``.
+
+        Returns:
+            ``(new_state, (pooled_last [B, D], rates [B, L]))``: the last
+            layer's pooled spikes flattened, and the fraction of each layer's
+            neurons that spiked.
+        """
+        new_state, rates = [], []
+        x = cur
+        for i, neuron in enumerate(self.neurons):
+            if i > 0:
+                x = self.conv[i](x)
+            x, s = neuron(x, state[i])
+            new_state.append(s)
+            rates.append(jnp.mean(x, axis=(1, 2, 3)))
+            x = self._pool(x, self.pool[i])
+        return new_state, (x.reshape(x.shape[0], -1), jnp.stack(rates, axis=-1))
+
+    def __call__(self, x: jax.Array, *, loop: Loop = "scan") -> tuple[jax.Array, jax.Array]:
+        """Runs the network over a whole sequence of frames.
+
+        Args:
+            x: inputs ``[B, T, C*H*W]``, each frame flattened in ``(C, H, W)`` order.
+            loop: ``"scan"`` (training, evaluation), ``"unrolled"`` (qwix's
+                first call), ``"carry"`` (static-range calibration).
+
+        Returns:
+            ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
+            step, and the per-layer fraction of neurons that spiked per step.
+        """
+        _check_loop(loop)
+        b, t, f = x.shape
+        c, h, w = self.image
+        if f != c * h * w:
+            raise ValueError(f"input has {f} features per step, the model expects {c}x{h}x{w}={c * h * w}")
+        frames = x.reshape(b * t, c, h, w).transpose(0, 2, 3, 1)  # NHWC
+        cur = self.conv[0](frames)
+        cur = jnp.swapaxes(cur.reshape(b, t, *cur.shape[1:]), 0, 1)  # [T, B, H0, W0, C0]
+        state = [n.initial_state(b) for n in self.neurons]
+        spikes, rates = _run_time(self, self._step, state, cur, loop)
+        return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)

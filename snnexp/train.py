@@ -670,6 +670,29 @@ def _pipeline(cfg, rules, model, data, sample, loop: Loop, out_dir: Path) -> dic
     }
 
 
+def load_deployed(run_dir: Path) -> tuple[DictConfig, nnx.Module]:
+    """The config and the deployed integer network of a finished run.
+
+    Args:
+        run_dir: a run directory (with ``config.yaml`` and ``checkpoints/quant``).
+
+    Returns:
+        ``(cfg, model)``: each quantized weight is a qwix ``QArray`` with
+        integer ``qvalue`` codes ``[in, out]`` and float ``scale`` ``[1, out]``.
+    """
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
+    data = build.data(cfg)
+    model = build.model(cfg, data.features, data.n_classes)
+    sample = jnp.asarray(data.x_train[:1])
+    if cfg.mode.name == "srq":
+        template = quant.quantize(quant.quantize(model, rules, "calibrate", sample), rules, "srq", sample)
+    else:
+        template = quant.quantize(model, rules, "ptq", sample)
+    return cfg, checkpoint.restore(run_dir / "checkpoints" / "quant", template)
+
+
 def results_table(result: dict[str, Any]) -> str:
     """Formats the final console table of a run."""
 

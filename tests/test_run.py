@@ -124,3 +124,19 @@ def test_command_line_run_writes_metrics(tmp_path):
     assert metrics["recipe"] == "ternary" and metrics["mode"] == "qat"
     assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "config.yaml").exists()
     assert "quant accuracy" in proc.stdout + proc.stderr  # the results table
+
+
+def test_deployed_integer_network_loads_back_with_its_accuracy(tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from snnexp import build
+    from snnexp.train import Arrays, evaluate, load_deployed
+
+    m = run(make_cfg("debug=fast", "quant=w4a8", "mode=srq"), tmp_path)
+    cfg, net = load_deployed(tmp_path)
+    assert net.fc[0].kernel.array.qvalue.dtype == jnp.int4
+    codes = np.asarray(net.fc[0].kernel.array.qvalue.astype(jnp.int8))
+    assert codes.min() >= -8 and codes.max() <= 7
+    ev = evaluate(net, Arrays.put(build.data(cfg)), 32)
+    assert ev["accuracy"] == m["quant_accuracy"]
