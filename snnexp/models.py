@@ -353,7 +353,77 @@ class RecurrentSNN(nnx.Module):
         return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)
 
 
+
 POOLINGS = ("max", "avg")
+CONV_IMPLS = ("patches", "lax")
+
+
+def conv_as_dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: jax.lax.ConvDimensionNumbers | None = None,
+    feature_group_count: int = 1,
+    precision: jax.lax.PrecisionLike = None,
+    preferred_element_type: jnp.dtype | None = None,
+    out_sharding: object = None,
+) -> jax.Array:
+    """A 2-D NHWC convolution computed as ONE ``lax.dot_general`` over patches.
+
+    A drop-in ``conv_general_dilated`` for ``nnx.Conv`` (as its
+    ``conv_general_dilated=`` argument). The ``k x k`` patches are cut by
+    slicing (not by ``lax.conv_general_dilated_patches``, itself a convolution)
+    into ``[N, H', W', kh, kw, C_in]`` and contracted with the untouched
+    ``[kh, kw, C_in, C_out]`` kernel. Why: qwix 0.1.8 quantizes a convolution
+    only when its activation and weight qtypes are equal (``w8a8``; int4 or
+    ternary weights under int8 activations and weights-only recipes fail),
+    while its ``dot_general`` takes every recipe. The kernel reaches
+    ``dot_general`` as the module's own parameter, so qwix recognises it as
+    the weight (one scale per output channel); activations get one dynamic
+    scale per output position (per patch) instead of one per image.
+
+    Args:
+        lhs: images ``[N, H, W, C_in]``.
+        rhs: kernel ``[kh, kw, C_in, C_out]`` (or qwix's quantized stand-in).
+        window_strides: ``(s_h, s_w)``.
+        padding: ``"SAME"``, ``"VALID"`` or ``[(lo, hi), (lo, hi)]``.
+        lhs_dilation: must be 1 (not supported otherwise).
+        rhs_dilation: must be 1 (not supported otherwise).
+        dimension_numbers: must be NHWC/HWIO/NHWC, what ``nnx.Conv`` passes.
+        feature_group_count: must be 1.
+        precision: passed to ``dot_general``.
+        preferred_element_type: passed to ``dot_general``.
+        out_sharding: unused (single device).
+
+    Returns:
+        ``[N, H', W', C_out]``.
+    """
+    del out_sharding
+    if lhs.ndim != 4 or len(rhs.shape) != 4:
+        raise NotImplementedError(f"conv_as_dot_general: 2-D NHWC only, got input {lhs.shape}, kernel {rhs.shape}")
+    if any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1)))) or feature_group_count != 1:
+        raise NotImplementedError("conv_as_dot_general: dilation and feature groups are not supported")
+    if dimension_numbers is not None:
+        nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+        if tuple(dimension_numbers) != tuple(nhwc):
+            raise NotImplementedError(f"conv_as_dot_general: NHWC/HWIO only, got {dimension_numbers}")
+    kh, kw = rhs.shape[0], rhs.shape[1]
+    sh, sw = window_strides
+    _, h, w, _ = lhs.shape
+    pads = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding) if isinstance(padding, str) else padding
+    (t, b), (left, r) = pads
+    xp = jnp.pad(lhs, ((0, 0), (t, b), (left, r), (0, 0)))
+    oh, ow = (h + t + b - kh) // sh + 1, (w + left + r - kw) // sw + 1
+    rows = [
+        jnp.stack([xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] for j in range(kw)], axis=3)
+        for i in range(kh)
+    ]
+    patches = jnp.stack(rows, axis=3)  # [N, oh, ow, kh, kw, C_in]
+    return jax.lax.dot_general(patches, rhs, (((3, 4, 5), (0, 1, 2)), ((), ())), precision=precision,
+                               preferred_element_type=preferred_element_type)
 
 
 class ConvSNN(nnx.Module):
@@ -369,17 +439,23 @@ class ConvSNN(nnx.Module):
     follows each spiking layer; the last pooled map is flattened into the
     readout, which again runs over all ``T*B`` rows outside the scan.
 
-    Module paths (what a quantization rule's ``module_path`` matches):
-    ``conv/0`` .. ``conv/{L-1}`` for the convolutions (``nnx.Conv``, seen by
-    qwix through ``conv_general_dilated``), ``neurons/i`` for the spyx
-    neurons (one per ``(H_i, W_i, C_i)`` map), ``readout`` for the output
-    projection, ``li`` for the leaky-integrator readout neuron.
+    Every convolution is an ``nnx.Conv`` (kernel ``[k, k, C_in, C_out]``,
+    ``SAME`` padding, stride 1) computed one of two ways (``impl``):
 
-    qwix 0.1.8 converts a convolution to integers (``PtqProvider``, which
-    every mode ends with) only when its activation and weight qtypes are equal
-    (``w8a8``); ``weights_only``, ``w4a8`` and ``ternary`` recipes fail on
-    ``conv/*`` there with qwix's "conv_general_dilated requires same act_qtype
-    and weight_qtype".
+    * ``"patches"`` (default): as one ``dot_general`` over the ``k x k``
+      patches (``conv_as_dot_general``). qwix quantizes it under every recipe
+      (int4, ternary and weights-only included).
+    * ``"lax"``: ``lax.conv_general_dilated``, which qwix intercepts as a
+      convolution. qwix 0.1.8 handles it only when the activation and weight
+      qtypes are equal (``w8a8``); other recipes raise an error naming the layer.
+
+    Both give the same numbers in fp32 and share the parameter layout, so a
+    checkpoint of one restores into the other.
+
+    Module paths (what a quantization rule's ``module_path`` matches):
+    ``conv/0`` .. ``conv/{L-1}`` for the convolutions, ``neurons/i`` for the
+    spyx neurons (one per ``(H_i, W_i, C_i)`` map), ``readout`` for the output
+    projection, ``li`` for the leaky-integrator readout neuron.
     """
 
     def __init__(
@@ -393,6 +469,7 @@ class ConvSNN(nnx.Module):
         pooling: str = "max",
         image: Sequence[int] | None = None,
         readout_beta: float | None = 0.9,
+        impl: str = "patches",
         *,
         rngs: nnx.Rngs,
     ):
@@ -401,8 +478,7 @@ class ConvSNN(nnx.Module):
         Args:
             n_in: input features per time step, ``C*H*W``.
             channels: output channels of each convolution, e.g. ``[16, 32]``.
-            kernel_sizes: square kernel size of each convolution, e.g. ``[5, 3]``
-                (``SAME`` padding, stride 1).
+            kernel_sizes: square kernel size of each convolution, e.g. ``[5, 3]``.
             n_out: number of classes.
             neuron: a spyx neuron class (or partial) called as
                 ``neuron(hidden_shape=(H, W, C), rngs=rngs)``.
@@ -412,35 +488,40 @@ class ConvSNN(nnx.Module):
             image: ``[C, H, W]`` of one frame; ``None`` infers a square frame
                 of two channels (ON/OFF polarity) from ``n_in``.
             readout_beta: decay of the LI readout; ``None`` learns one per class.
+            impl: ``"patches"`` or ``"lax"`` (see the class docstring).
             rngs: random streams for the parameters.
         """
+        channels, kernel_sizes = list(channels), list(kernel_sizes)
         if not channels:
             raise ValueError("model.channels must name at least one convolution, got []")
-        if len(kernel_sizes) != len(channels):
+        if len(kernel_sizes) != len(channels) or any(int(k) != k or k < 1 for k in kernel_sizes):
             raise ValueError(
-                f"model.kernel_sizes={list(kernel_sizes)} must give one size per convolution "
-                f"(model.channels={list(channels)})"
+                f"model.kernel_sizes={kernel_sizes} must give one size >= 1 per convolution "
+                f"(model.channels={channels})"
             )
         pool = [1] * len(channels) if pool is None else list(pool)
         if len(pool) != len(channels) or any(int(p) != p or p < 1 for p in pool):
-            raise ValueError(
-                f"model.pool={pool} must give one window >= 1 per convolution (model.channels={list(channels)})"
-            )
+            raise ValueError(f"model.pool={pool} must give one window >= 1 per convolution (model.channels={channels})")
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling={pooling!r}; valid choices: {list(POOLINGS)}")
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"model.impl={impl!r}; valid choices: {list(CONV_IMPLS)}")
         self.image = self._image_shape(n_in, image)
-        c, h, w = self.image
-        self.pool = [int(p) for p in pool]
+        self.pool = tuple(int(p) for p in pool)
         self.pooling = pooling
-        self.kernel_sizes = [int(k) for k in kernel_sizes]
-        convs, neurons, self.maps = [], [], []
-        for cout, k, p in zip(channels, kernel_sizes, self.pool, strict=True):
-            convs.append(nnx.Conv(c, cout, (k, k), padding="SAME", rngs=rngs))
-            neurons.append(neuron(hidden_shape=(h, w, cout), rngs=rngs))
-            self.maps.append((h, w, cout))
+        self.impl = impl
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        conv_fn = {"patches": conv_as_dot_general, "lax": jax.lax.conv_general_dilated}[impl]
+        c, h, w = self.image
+        convs, neurons, maps = [], [], []
+        for cout, k, p in zip(channels, self.kernel_sizes, self.pool, strict=True):
             if h < p or w < p:
-                raise ValueError(f"model.pool={self.pool}: a {p}x{p} window does not fit a {h}x{w} map")
+                raise ValueError(f"model.pool={list(self.pool)}: a {p}x{p} window does not fit a {h}x{w} map")
+            convs.append(nnx.Conv(c, cout, (k, k), padding="SAME", conv_general_dilated=conv_fn, rngs=rngs))
+            neurons.append(neuron(hidden_shape=(h, w, cout), rngs=rngs))
+            maps.append((h, w, cout))
             c, h, w = cout, h // p, w // p
+        self.maps = tuple(maps)
         self.conv = nnx.List(convs)
         self.neurons = nnx.List(neurons)
         self.readout = nnx.Linear(c * h * w, n_out, rngs=rngs)
@@ -452,12 +533,12 @@ class ConvSNN(nnx.Module):
             side = round((n_in / 2) ** 0.5)
             if 2 * side * side != n_in:
                 raise ValueError(
-                    f"{n_in} input features are not a square two-channel frame 2*H*H; set "
-                    "model.image=[C, H, W]"
+                    f"{n_in} input features are not a square two-channel frame 2*H*H; set model.image=[C, H, W]"
                 )
             return 2, side, side
+        image = list(image)
         if len(image) != 3 or any(int(d) != d or d < 1 for d in image):
-            raise ValueError(f"model.image={list(image)} must be [C, H, W] with positive integers")
+            raise ValueError(f"model.image={image} must be [C, H, W] with positive integers")
         c, h, w = (int(d) for d in image)
         if c * h * w != n_in:
             raise ValueError(f"model.image={[c, h, w]} holds {c * h * w} features but the data has {n_in}")
@@ -472,13 +553,28 @@ class ConvSNN(nnx.Module):
         """``(neurons, fan-out)`` of the input and of each spiking layer.
 
         A unit feeding convolution ``i`` reaches ``k_i * k_i * C_i`` synapses
-        (fewer at the border); the last layer reaches ``n_out``. After pooling
-        several spikes may merge into one pooled unit, so with pooling this is
-        an upper bound of the synaptic operations.
+        (fewer at the border); the last layer reaches ``n_out`` (through its
+        pooled unit). Pooling may merge several spikes into one pooled unit, so
+        with pooling this bounds the synaptic operations from above.
         """
         sizes = self.layer_sizes()
         fan = [k * k * m[2] for k, m in zip(self.kernel_sizes, self.maps, strict=True)]
         return list(zip(sizes[:-1], [*fan, sizes[-1]], strict=True))
+
+    def _conv(self, i: int, x: jax.Array) -> jax.Array:
+        """``conv/i`` on ``[N, H, W, C]``; names the layer if qwix refuses a ``lax`` convolution."""
+        if self.impl == "patches":
+            return self.conv[i](x)
+        try:
+            return self.conv[i](x)
+        except (TypeError, ValueError) as e:
+            if "conv_general_dilated" not in str(e):
+                raise
+            raise ValueError(
+                f"conv/{i}: qwix quantizes a lax convolution only when its activation and weight qtypes are "
+                f"equal (w8a8); this recipe mixes them ({e}). Use model.impl=patches (the convolution as a "
+                "dot_general, every recipe works) or a recipe with equal qtypes for conv/.*"
+            ) from e
 
     def _pool(self, s: jax.Array, p: int) -> jax.Array:
         if p == 1:
@@ -502,7 +598,7 @@ class ConvSNN(nnx.Module):
         x = cur
         for i, neuron in enumerate(self.neurons):
             if i > 0:
-                x = self.conv[i](x)
+                x = self._conv(i, x)
             x, s = neuron(x, state[i])
             new_state.append(s)
             rates.append(jnp.mean(x, axis=(1, 2, 3)))
@@ -527,7 +623,7 @@ class ConvSNN(nnx.Module):
         if f != c * h * w:
             raise ValueError(f"input has {f} features per step, the model expects {c}x{h}x{w}={c * h * w}")
         frames = x.reshape(b * t, c, h, w).transpose(0, 2, 3, 1)  # NHWC
-        cur = self.conv[0](frames)
+        cur = self._conv(0, frames)
         cur = jnp.swapaxes(cur.reshape(b, t, *cur.shape[1:]), 0, 1)  # [T, B, H0, W0, C0]
         state = [n.initial_state(b) for n in self.neurons]
         spikes, rates = _run_time(self, self._step, state, cur, loop)

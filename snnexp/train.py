@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 MODES = ("qat", "qt", "ptq", "srq")
 PHASES = ("fp32", "quant")
 # Keys that may differ between a run and its resumption.
-_RESUME_FREE_KEYS = ("resume", "logger")
+_RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective")
 
 
 class ConfigError(ValueError):
@@ -484,10 +485,8 @@ def _prepare_dir(cfg: DictConfig, out_dir: Path, resolved: dict) -> dict[str, An
     if not stored_cfg.exists():
         return None
     if not cfg.resume:
-        for name in ("metrics.json", "status.json", "history.jsonl"):
+        for name in ("metrics.json", "status.json", "history.jsonl", "wandb_id.txt"):
             (out_dir / name).unlink(missing_ok=True)
-        import shutil
-
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         log.info("resume=false: cleared the earlier state in %s", out_dir)
         return None
