@@ -426,6 +426,14 @@ def conv_as_dot_general(
                                preferred_element_type=preferred_element_type)
 
 
+def _per_layer(name: str, value: int | Sequence[int], n: int) -> list[int]:
+    """``value`` for each of ``n`` layers: an int for all, or a list of ``n`` positive ints."""
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n or any(isinstance(v, bool) or int(v) != v or v < 1 for v in values):
+        raise ValueError(f"model.{name}={value!r} must be a positive integer or a list of {n} (one per layer)")
+    return [int(v) for v in values]
+
+
 class ConvSNN(nnx.Module):
     """Conv -> spiking neuron -> pooling per layer, Linear -> LI readout.
 
@@ -461,11 +469,11 @@ class ConvSNN(nnx.Module):
     def __init__(
         self,
         n_in: int,
-        channels: Sequence[int],
-        kernel_sizes: Sequence[int],
+        hidden: Sequence[int],
         n_out: int,
         neuron: NeuronFactory,
-        pool: Sequence[int] | None = None,
+        kernel_size: int | Sequence[int] = 3,
+        pool: int | Sequence[int] = 2,
         pooling: str = "max",
         image: Sequence[int] | None = None,
         readout_beta: float | None = 0.9,
@@ -477,40 +485,36 @@ class ConvSNN(nnx.Module):
 
         Args:
             n_in: input features per time step, ``C*H*W``.
-            channels: output channels of each convolution, e.g. ``[16, 32]``.
-            kernel_sizes: square kernel size of each convolution, e.g. ``[5, 3]``.
+            hidden: output channels of each convolution (one spiking layer
+                each), e.g. ``[16, 32]``.
             n_out: number of classes.
             neuron: a spyx neuron class (or partial) called as
                 ``neuron(hidden_shape=(H, W, C), rngs=rngs)``.
-            pool: pooling window (and stride) after each spiking layer; 1
-                pools nothing. ``None``: no pooling anywhere.
+            kernel_size: square kernel size of every convolution, or one per
+                convolution, e.g. ``[5, 3]``.
+            pool: pooling window (and stride) after every spiking layer, or one
+                per layer; 1 pools nothing.
             pooling: ``"max"`` or ``"avg"``.
             image: ``[C, H, W]`` of one frame; ``None`` infers a square frame
-                of two channels (ON/OFF polarity) from ``n_in``.
+                from ``n_in``: ``2*H*H`` (ON/OFF polarity) or else ``H*H``.
             readout_beta: decay of the LI readout; ``None`` learns one per class.
             impl: ``"patches"`` or ``"lax"`` (see the class docstring).
             rngs: random streams for the parameters.
         """
-        channels, kernel_sizes = list(channels), list(kernel_sizes)
+        channels = list(hidden)
         if not channels:
-            raise ValueError("model.channels must name at least one convolution, got []")
-        if len(kernel_sizes) != len(channels) or any(int(k) != k or k < 1 for k in kernel_sizes):
-            raise ValueError(
-                f"model.kernel_sizes={kernel_sizes} must give one size >= 1 per convolution "
-                f"(model.channels={channels})"
-            )
-        pool = [1] * len(channels) if pool is None else list(pool)
-        if len(pool) != len(channels) or any(int(p) != p or p < 1 for p in pool):
-            raise ValueError(f"model.pool={pool} must give one window >= 1 per convolution (model.channels={channels})")
+            raise ValueError("model.hidden must name at least one convolution (its channels), got []")
+        kernel_sizes = _per_layer("kernel_size", kernel_size, len(channels))
+        pool = _per_layer("pool", pool, len(channels))
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling={pooling!r}; valid choices: {list(POOLINGS)}")
         if impl not in CONV_IMPLS:
             raise ValueError(f"model.impl={impl!r}; valid choices: {list(CONV_IMPLS)}")
         self.image = self._image_shape(n_in, image)
-        self.pool = tuple(int(p) for p in pool)
+        self.pool = tuple(pool)
         self.pooling = pooling
         self.impl = impl
-        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        self.kernel_sizes = tuple(kernel_sizes)
         conv_fn = {"patches": conv_as_dot_general, "lax": jax.lax.conv_general_dilated}[impl]
         c, h, w = self.image
         convs, neurons, maps = [], [], []
@@ -529,13 +533,15 @@ class ConvSNN(nnx.Module):
 
     @staticmethod
     def _image_shape(n_in: int, image: Sequence[int] | None) -> tuple[int, int, int]:
-        if image is None:
-            side = round((n_in / 2) ** 0.5)
-            if 2 * side * side != n_in:
-                raise ValueError(
-                    f"{n_in} input features are not a square two-channel frame 2*H*H; set model.image=[C, H, W]"
-                )
-            return 2, side, side
+        if image is None:  # 2*H*H and H*H never coincide: sqrt(2) is irrational
+            for c in (2, 1):
+                side = round((n_in / c) ** 0.5)
+                if c * side * side == n_in:
+                    return c, side, side
+            raise ValueError(
+                f"{n_in} input features are neither a square two-channel frame 2*H*H nor a square H*H; "
+                "set model.image=[C, H, W]"
+            )
         image = list(image)
         if len(image) != 3 or any(int(d) != d or d < 1 for d in image):
             raise ValueError(f"model.image={image} must be [C, H, W] with positive integers")

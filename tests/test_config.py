@@ -67,7 +67,8 @@ def test_recipes_parse_and_match_the_model(recipe):
     rules = quant.parse_recipe(cfg.quant.rules)
     model = build.model(cfg, n_in=16, n_out=4)
     quant.quantize(model, rules, "ptq", jnp.zeros((1, 2, 16)))  # raises if a rule matches nothing
-    assert cfg.quant.name == recipe
+    expected = f"w{cfg.quant.weight_bits}a8" if recipe == "bits" else recipe
+    assert cfg.quant.name == expected
 
 
 @pytest.mark.parametrize("mode", options("mode"))

@@ -1,0 +1,733 @@
+"""Training speed of snnexp against Spyx's own training loops and a matmul ceiling.
+
+Every measurement runs in its own fresh process (this file re-invoked with
+``--worker NAME``; the worker prints its result as one JSON line), so no
+measurement inherits another's compiled programs, caches or heap. Each
+worker warms up, then repeats (at least 3 times) and reports medians.
+
+Workload: SHD-shaped synthetic spikes (700 channels, Bernoulli p = 0.05,
+T = 100), batch 256, 8192 samples per epoch (32 steps), ``Linear(700, H) ->
+LIF(H) -> Linear(H, 20) -> LI``, Adam, cross-entropy on the time-averaged
+readout; H = 128 and 512. See ``bench/README.md`` for what each number means.
+
+    python bench/perf.py                     # full run, ~30-45 min on 2 quiet cores
+    python bench/perf.py --quick             # 1024 samples, 3 repetitions: a smoke test
+    python bench/perf.py --hidden 128 --only snnexp_fp32 spyx_fit matmul
+
+Writes ``bench/results/perf.json`` and ``bench/results/perf.md``
+(``perf_quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import _workload as W  # noqa: E402  (numpy only)
+
+RESULT_TAG = "PERF_RESULT "
+
+# name -> (per hidden size?, what it measures)
+MEASUREMENTS: dict[str, tuple[bool, str]] = {
+    "matmul": (False, "plain XLA fp32 jnp.dot, the ceiling"),
+    "snnexp_fp32": (True, "snnexp.train.train_steps, one call per epoch, fp32"),
+    "snnexp_qat": (True, "the same with the qwix QAT w8a8 model"),
+    "snnexp_qt": (True, "the same with the qwix QT w8a8 model, int8 backward"),
+    "snnexp_fp32_eval": (True, "snnexp.train.evaluate, fp32 model (reference)"),
+    "snnexp_ptq_eval": (True, "snnexp.train.evaluate, PTQ w8a8 deployed model"),
+    "snnexp_srq_eval": (True, "snnexp.train.evaluate, SRQ w8a8 deployed model"),
+    "spyx_fit": (True, "spyx.optimize.fit, per-batch make_train_step"),
+    "spyx_compile_fit": (True, "spyx.optimize.compile_fit, the whole run as one XLA program"),
+    "ttfs_snnexp_k1": (True, "process start -> first train_steps call with ONE step returns"),
+    "ttfs_spyx_fit": (True, "process start -> spyx.optimize.fit over one batch returns"),
+    "hlo": (True, "compiled HLO of train_steps: what runs inside the time loops"),
+    "sweep_cache": (False, "two equal jobs, persistent compilation cache off / on"),
+}
+GROUPS = {
+    "snnexp": ["snnexp_fp32", "snnexp_qat", "snnexp_qt"],
+    "eval": ["snnexp_fp32_eval", "snnexp_ptq_eval", "snnexp_srq_eval"],
+    "spyx": ["spyx_fit", "spyx_compile_fit"],
+    "ttfs": ["snnexp_fp32", "ttfs_snnexp_k1", "ttfs_spyx_fit", "spyx_compile_fit"],
+    "targets": ["matmul", "snnexp_fp32", "snnexp_qat", "snnexp_qt", "spyx_fit", "spyx_compile_fit",
+                "sweep_cache"],
+}
+
+TARGETS = {
+    "speedup_vs_fit": 1.3,  # snnexp steady epoch at least 1.3x faster than spyx.optimize.fit
+    "ceiling_fraction": 0.5,  # at least 50 % of the plain-matmul GFLOP/s
+    "ttfs_ratio_vs_compile_fit": 1 / 20,  # time to first step at most 1/20 of compile_fit's
+    "qat_over_fp32": 1.15,
+    "qt_over_fp32": 1.5,
+    "sweep_second_job_compilations": 0,
+}
+
+
+# =================================================================== workers
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _median(xs: list[float]) -> float | None:
+    import numpy as np
+
+    return float(np.median(xs)) if xs else None
+
+
+def _timed_epochs(fn, n_calls: int, counter) -> dict[str, Any]:
+    """Calls ``fn()`` ``n_calls`` times; wall and CPU seconds and compilations of each call."""
+    wall, cpu, compiles = [], [], []
+    for i in range(n_calls):
+        c0 = counter.count
+        t0, p0 = time.perf_counter(), time.process_time()
+        fn(i)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - p0)
+        compiles.append(counter.count - c0)
+    return {"wall_s": wall, "cpu_s": cpu, "compilations": compiles}
+
+
+def _summarize_calls(calls: dict[str, Any], warmup: int) -> dict[str, Any]:
+    wall, cpu, comp = calls["wall_s"], calls["cpu_s"], calls["compilations"]
+    steady = wall[warmup:]
+    return {
+        "first_s": wall[0],
+        "first_compilations": comp[0],
+        "warmup_s": wall[:warmup],
+        "steady_s": steady,
+        "median_s": _median(steady),
+        "min_s": min(steady) if steady else None,
+        "cpu_median_s": _median(cpu[warmup:]),
+        "steady_compilations": sum(comp[warmup:]),
+    }
+
+
+def worker_matmul(a: argparse.Namespace) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    shapes = [(2048, 2048, 2048)]
+    for h in a.hidden_all:
+        shapes += [(W.BATCH * W.STEPS, W.FEATURES, h), (W.FEATURES, W.BATCH * W.STEPS, h)]
+    dot = jax.jit(jnp.dot)
+    out = []
+    key = jax.random.PRNGKey(0)
+    for m, k, n in shapes:
+        lhs = jax.random.normal(key, (m, k), jnp.float32)
+        rhs = jax.random.normal(key, (k, n), jnp.float32)
+        for _ in range(2):
+            dot(lhs, rhs).block_until_ready()
+        ts = []
+        for _ in range(max(a.reps, 7)):
+            t0 = time.perf_counter()
+            dot(lhs, rhs).block_until_ready()
+            ts.append(time.perf_counter() - t0)
+        med = float(np.median(ts))
+        out.append({"shape": [m, k, n], "median_s": med, "gflops": 2.0 * m * k * n / med / 1e9,
+                    "best_gflops": 2.0 * m * k * n / min(ts) / 1e9})
+    return {"dots": out, "ceiling_gflops": max(d["gflops"] for d in out)}
+
+
+def _snnexp_setup(a: argparse.Namespace, quant_name: str, mode: str, marks: dict[str, float],
+                  evaluation: bool = False):
+    """What ``python -m snnexp`` does before training: imports, data, config, model, rule check.
+
+    ``evaluation``: the test split holds all samples (the train split a slice, for calibration);
+    otherwise the train split holds all samples.
+    """
+    import jax.numpy as jnp
+    from omegaconf import OmegaConf
+
+    from snnexp import build, quant, train
+    from snnexp.data import Dataset
+
+    marks["imported"] = _now()
+    x, y = W.make_data(a.samples)
+    marks["generated"] = _now()
+    cfg = W.snnexp_config(a.hidden, quant=quant_name, mode=mode)
+    rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
+    train.check_config(cfg, rules)
+    model = build.model(cfg, W.FEATURES, W.CLASSES)
+    sample = jnp.asarray(x[:1])
+    quant.quantize(model, rules, "ptq", sample)  # run()'s up-front check that every rule matches
+    n_small = min(len(x), 8 * W.BATCH)
+    if evaluation:  # evaluate over all samples; calibrate on a slice
+        data = Dataset(x[:n_small], y[:n_small], x, y, n_classes=W.CLASSES, name="shd-synthetic")
+    else:  # train on all samples
+        data = Dataset(x, y, x[:W.BATCH], y[:W.BATCH], n_classes=W.CLASSES, name="shd-synthetic")
+    arrays = train.Arrays.put(data)
+    del x, y, data
+    marks["built"] = _now()
+    return cfg, rules, model, sample, arrays
+
+
+def worker_snnexp_train(a: argparse.Namespace, kind: str, k1: bool = False) -> dict[str, Any]:
+    """snnexp's epoch as ``fit`` runs it: ``train_steps`` over perm ``[steps, 256]``, losses fetched."""
+    marks = {"start": _now()}
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from snnexp import build, quant, train
+
+    counter = W.CompileCounter()
+    quant_name, mode = {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}[kind]
+    cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks)
+    steps = a.samples // W.BATCH
+    epochs = a.warmup + a.reps
+    if kind == "fp32":
+        trained, tx = model, build.optimizer(cfg, epochs * steps)
+    elif kind == "qat":
+        trained = quant.quantize(model, rules, "qat", sample)
+        tx = build.optimizer(cfg, epochs * steps, lr_scale=cfg.mode.lr_scale)
+    else:
+        trained = quant.quantize(model, rules, "qt", sample, bwd_qtype=cfg.mode.bwd_qtype)
+        tx = build.optimizer(cfg, epochs * steps)
+    opt = nnx.Optimizer(trained, tx, wrt=nnx.Param)
+    marks["optimizer"] = _now()
+    perms = [jax.device_put(W.epoch_perm(a.samples, e + 1)) for e in range(epochs)]
+    losses_seen = []
+
+    def epoch(i: int) -> None:
+        perm = perms[i]
+        stop = 1 if (k1 and i == 0) else steps
+        losses = np.asarray(train.train_steps(trained, opt, arrays.x_train, arrays.y_train, perm[0:stop]))
+        if i == 0:
+            marks["first_step"] = _now()
+        losses_seen.append(float(losses.mean()))
+
+    if k1:  # time to first step only: one call with a single step
+        calls = _timed_epochs(epoch, 1, counter)
+        return {"marks": marks, "first_call_s": calls["wall_s"][0], "compilations": counter.count,
+                "steps_in_first_call": 1}
+    calls = _timed_epochs(epoch, epochs, counter)
+    out = _summarize_calls(calls, a.warmup)
+    out.update(marks=marks, steps_per_epoch=steps, steps_in_first_call=steps,
+               loss_first=losses_seen[0], loss_last=losses_seen[-1],
+               finite=bool(np.isfinite(losses_seen).all()), total_compilations=counter.count)
+    return out
+
+
+def worker_snnexp_eval(a: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """``snnexp.train.evaluate`` of the deployed model over all samples."""
+    marks = {"start": _now()}
+    from snnexp import quant, train
+
+    counter = W.CompileCounter()
+    quant_name, mode = ("fp32", "ptq") if kind == "fp32" else ("w8a8", kind)
+    cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks, evaluation=True)
+    if kind == "fp32":
+        deployed = model
+    elif kind == "ptq":
+        deployed = quant.quantize(model, rules, "ptq", sample)
+    else:
+        calib = quant.quantize(model, rules, "calibrate", sample)
+        train.calibrate(calib, arrays, cfg.mode.calib_batches, W.BATCH, cfg.seed)
+        deployed = quant.quantize(calib, rules, "srq", sample)
+    marks["deployed"] = _now()
+    ebs = int(cfg.trainer.eval_batch_size)
+    results = []
+
+    def one(i: int) -> None:
+        results.append(train.evaluate(deployed, arrays, ebs))
+
+    calls = _timed_epochs(one, a.warmup + a.reps, counter)
+    out = _summarize_calls(calls, a.warmup)
+    out.update(marks=marks, eval_batch_size=ebs, samples=int(arrays.x_test.shape[0]),
+               accuracy=results[-1]["accuracy"], spike_rate=results[-1]["spike_rate"]["mean"])
+    return out
+
+
+def _spyx_data(a: argparse.Namespace, marks: dict[str, float]):
+    """The first epoch's batches as device arrays ``[n_batches, 256, ...]`` (same order as snnexp)."""
+    import jax
+
+    x, y = W.make_data(a.samples)
+    marks["generated"] = _now()
+    perm = W.epoch_perm(a.samples, 1)
+    xb = jax.device_put(x[perm.reshape(-1)].reshape(*perm.shape, W.STEPS, W.FEATURES))
+    yb = jax.device_put(y[perm])
+    del x, y
+    return xb, yb
+
+
+def worker_spyx_fit(a: argparse.Namespace, one_batch: bool = False) -> dict[str, Any]:
+    """``spyx.optimize.fit`` fed a list of device-resident ``(x, y)`` batches."""
+    marks = {"start": _now()}
+    import jax
+    import spyx
+
+    marks["imported"] = _now()
+    counter = W.CompileCounter()
+    xb, yb = _spyx_data(a, marks)
+    batches = [(xb[i], yb[i]) for i in range(xb.shape[0])]  # device slices, made once
+    jax.block_until_ready(batches)
+    del xb, yb
+    marks["data"] = _now()
+    model = W.spyx_model(a.hidden)
+    warmup = max(a.warmup, 2)  # epoch 1 compiles twice (a weakly typed beta becomes strong)
+    epochs = 1 if one_batch else warmup + a.reps
+    tx = W.adam(epochs * len(batches))
+    marks["built"] = _now()
+    stamps, cpu_stamps, compiles, losses = [], [], [], []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
+        compiles.append(counter.count)
+        losses.append(metrics["train_loss"])
+        if epoch == 0:
+            marks["first_step"] = _now()
+
+    source = (lambda: batches[:1]) if one_batch else (lambda: batches)
+    t0, p0 = time.perf_counter(), time.process_time()
+    c0 = counter.count
+    spyx.optimize.fit(model, tx, W.spyx_loss, source, epochs=epochs, on_epoch_end=on_epoch_end)
+    wall = [stamps[0] - t0] + [b - a_ for a_, b in zip(stamps[:-1], stamps[1:])]
+    cpu = [cpu_stamps[0] - p0] + [b - a_ for a_, b in zip(cpu_stamps[:-1], cpu_stamps[1:])]
+    comp = [compiles[0] - c0] + [b - a_ for a_, b in zip(compiles[:-1], compiles[1:])]
+    if one_batch:
+        return {"marks": marks, "first_call_s": wall[0], "compilations": comp[0]}
+    out = _summarize_calls({"wall_s": wall, "cpu_s": cpu, "compilations": comp}, warmup)
+    out.update(marks=marks, warmup_epochs=warmup, steps_per_epoch=len(batches), compilations_per_epoch=comp,
+               loss_first=losses[0], loss_last=losses[-1])
+    return out
+
+
+class _JitRecorder:
+    """Stands in for the ``jax`` module inside ``spyx.optimize`` to keep the jitted ``_run``.
+
+    ``compile_fit`` builds and jits a fresh ``_run`` per call and runs it once;
+    keeping the jitted function lets us run the SAME compiled program again
+    (one epoch from the initial parameters) and time its steady state, without
+    counting its compile.
+    """
+
+    def __init__(self, jax_module):
+        self._jax = jax_module
+        self.jitted = []
+
+    def __getattr__(self, name):
+        return getattr(self._jax, name)
+
+    def jit(self, fun, **kwargs):
+        f = self._jax.jit(fun, **kwargs)
+        self.jitted.append(f)
+        return f
+
+
+def worker_spyx_compile_fit(a: argparse.Namespace) -> dict[str, Any]:
+    """``spyx.optimize.compile_fit`` on the data staged ``[n_batches, 256, ...]`` (as documented)."""
+    marks = {"start": _now()}
+    import jax
+    import spyx
+    import spyx.optimize
+
+    marks["imported"] = _now()
+    counter = W.CompileCounter()
+    xb, yb = _spyx_data(a, marks)
+    marks["data"] = _now()
+    model = W.spyx_model(a.hidden)
+    tx = W.adam(xb.shape[0])
+    marks["built"] = _now()
+    recorder = _JitRecorder(jax)
+    spyx.optimize.jax = recorder
+    try:
+        t0 = time.perf_counter()
+        _, history = spyx.optimize.compile_fit(model, tx, W.spyx_loss, (xb, yb), epochs=1)
+        jax.block_until_ready(history)
+        first = time.perf_counter() - t0
+        marks["first_step"] = _now()
+    finally:
+        spyx.optimize.jax = jax
+    first_compiles, first_compile_s = counter.count, counter.seconds
+    run = recorder.jitted[-1]
+    key = jax.random.PRNGKey(0)
+    calls = _timed_epochs(lambda i: jax.block_until_ready(run(key)), a.warmup + a.reps, counter)
+    out = _summarize_calls(calls, a.warmup)
+    out.update(marks=marks, first_run_s=first, first_run_compilations=first_compiles,
+               first_run_compile_s=first_compile_s, steps_per_epoch=int(xb.shape[0]),
+               loss=float(history["train_loss"][0]),
+               note="first_run_s: compile_fit(epochs=1) from call to return; steady epochs: the same "
+                    "compiled program run again")
+    return out
+
+
+def worker_ttfs_snnexp_k1(a: argparse.Namespace) -> dict[str, Any]:
+    return worker_snnexp_train(a, "fp32", k1=True)
+
+
+def worker_ttfs_spyx_fit(a: argparse.Namespace) -> dict[str, Any]:
+    return worker_spyx_fit(a, one_batch=True)
+
+
+def worker_hlo(a: argparse.Namespace) -> dict[str, Any]:
+    """Compiles ``train_steps`` (2 steps) and reports what runs inside the time loops."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from omegaconf import OmegaConf
+
+    from snnexp import build, quant, train
+
+    import _hlo
+
+    n = 2 * W.BATCH
+    x, y = W.make_data(n)
+    xs, ys = jax.device_put(x), jax.device_put(y)
+    perm = jnp.asarray(np.arange(n, dtype=np.int32).reshape(2, W.BATCH))
+    out = {}
+    for kind, (qname, mode) in {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}.items():
+        cfg = W.snnexp_config(a.hidden, quant=qname, mode=mode)
+        rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
+        model = build.model(cfg, W.FEATURES, W.CLASSES)
+        if kind != "fp32":
+            model = quant.quantize(model, rules, kind, xs[:1], bwd_qtype=cfg.mode.get("bwd_qtype"))
+        opt = nnx.Optimizer(model, build.optimizer(cfg, 10), wrt=nnx.Param)
+        text = train.train_steps.lower(model, opt, xs, ys, perm).compile().as_text()
+        out[kind] = _hlo.loop_report(text, time_steps=W.STEPS)
+    return out
+
+
+def worker_sweep_cache(a: argparse.Namespace) -> dict[str, Any]:
+    """Two equal ``python -m snnexp`` jobs, compile cache off then on (bench/compile_cache.py's jobs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compile_cache", Path(__file__).parent / "compile_cache.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for label, cache in (("cache_off", ""), ("cache_on", str(tmp / "cache"))):
+            results[label] = [cc.job(tmp / label / str(s), s, cache) for s in (0, 1)]
+    return {"job": cc.JOB, "results": results,
+            "second_job_compilations": results["cache_on"][1]["compilations"]}
+
+
+WORKERS = {
+    "matmul": worker_matmul,
+    "snnexp_fp32": lambda a: worker_snnexp_train(a, "fp32"),
+    "snnexp_qat": lambda a: worker_snnexp_train(a, "qat"),
+    "snnexp_qt": lambda a: worker_snnexp_train(a, "qt"),
+    "snnexp_fp32_eval": lambda a: worker_snnexp_eval(a, "fp32"),
+    "snnexp_ptq_eval": lambda a: worker_snnexp_eval(a, "ptq"),
+    "snnexp_srq_eval": lambda a: worker_snnexp_eval(a, "srq"),
+    "spyx_fit": worker_spyx_fit,
+    "spyx_compile_fit": worker_spyx_compile_fit,
+    "ttfs_snnexp_k1": worker_ttfs_snnexp_k1,
+    "ttfs_spyx_fit": worker_ttfs_spyx_fit,
+    "hlo": worker_hlo,
+    "sweep_cache": worker_sweep_cache,
+}
+assert set(WORKERS) == set(MEASUREMENTS)
+
+
+def run_worker(a: argparse.Namespace) -> None:
+    load0 = os.getloadavg()
+    result = WORKERS[a.worker](a)
+    result["loadavg_before"], result["loadavg_after"] = list(load0), list(os.getloadavg())
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# ============================================================== orchestrator
+
+
+def spawn(name: str, hidden: int | None, a: argparse.Namespace) -> dict[str, Any]:
+    """Runs one worker in a fresh process; adds the spawn-relative times of its marks."""
+    args = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
+            "--samples", str(a.samples), "--reps", str(a.reps), "--warmup", str(a.warmup),
+            "--hidden-all", *map(str, a.hidden)]
+    if hidden is not None:
+        args += ["--hidden", str(hidden)]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "SNNEXP_COMPILE_CACHE")}
+    env.setdefault("WANDB_MODE", "disabled")
+    label = name if hidden is None else f"{name}@{hidden}"
+    print(f"[perf] {label} ...", end=" ", flush=True)
+    t_spawn = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=W.ROOT, env=env, capture_output=True, text=True, timeout=a.timeout)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        print(f"FAILED ({proc.returncode}) after {wall:.0f}s")
+        return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:], "process_s": wall}
+    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result["process_s"] = wall
+    marks = result.get("marks")
+    if marks:
+        result["since_spawn_s"] = {k: v - t_spawn for k, v in marks.items()}
+    print(f"{wall:.0f}s", flush=True)
+    return result
+
+
+def selected(a: argparse.Namespace) -> list[str]:
+    if not a.only:
+        return list(MEASUREMENTS)
+    names: list[str] = []
+    for pat in a.only:
+        hits = GROUPS.get(pat) or [n for n in MEASUREMENTS if fnmatch.fnmatch(n, pat)]
+        if not hits:
+            raise SystemExit(f"--only {pat!r} matches nothing; names: {list(MEASUREMENTS)}; "
+                             f"groups: {list(GROUPS)}")
+        names += [n for n in hits if n not in names]
+    return [n for n in MEASUREMENTS if n in names]  # the canonical order
+
+
+def summarize(workers: dict[str, Any], hidden: list[int], samples: int) -> tuple[dict, list[dict]]:
+    """Per hidden size: epoch times, throughput, GFLOP/s, ratios; then the targets."""
+    steps = samples // W.BATCH
+
+    def get(name: str, h: int | None = None) -> dict[str, Any] | None:
+        r = workers.get(name if h is None else f"{name}@{h}")
+        return None if r is None or "error" in r else r
+
+    mm = [get(k) for k in workers if k.startswith("matmul")]
+    ceiling = max((m["ceiling_gflops"] for m in mm if m), default=None)
+    summary: dict[str, Any] = {"ceiling_gflops": ceiling}
+    targets: list[dict[str, Any]] = []
+
+    def target(key: str, h: int | None, value: float | None, ok: bool | None, text: str) -> None:
+        targets.append({"target": key, "hidden": h, "threshold": TARGETS[key], "value": value,
+                        "met": ok, "detail": text})
+
+    for h in hidden:
+        fl = W.flops_per_step(h)
+        s: dict[str, Any] = {"flops_per_step": fl}
+        epochs = {}
+        for name in ("snnexp_fp32", "snnexp_qat", "snnexp_qt", "spyx_fit", "spyx_compile_fit"):
+            r = get(name, h)
+            if r is None or r.get("median_s") is None:
+                continue
+            e = r["median_s"]
+            epochs[name] = {
+                "epoch_s": e,
+                "epoch_min_s": r["min_s"],
+                "first_epoch_s": r.get("first_run_s", r["first_s"]),
+                "samples_per_s": steps * W.BATCH / e,
+                "gflops": fl["train"] * steps / e / 1e9,
+                "gflops_exact": fl["train_exact"] * steps / e / 1e9,
+                "steady_compilations": r["steady_compilations"],
+            }
+            if ceiling:
+                epochs[name]["ceiling_fraction"] = epochs[name]["gflops"] / ceiling
+        s["epochs"] = epochs
+        evals = {}
+        for kind in ("fp32", "ptq", "srq"):
+            r = get(f"snnexp_{kind}_eval", h)
+            if r is None:
+                continue
+            evals[kind] = {"pass_s": r["median_s"], "samples": r["samples"],
+                           "samples_per_s": r["samples"] / r["median_s"],
+                           "gflops": W.eval_flops_per_sample(h) * r["samples"] / r["median_s"] / 1e9,
+                           "first_pass_s": r["first_s"]}
+        s["eval"] = evals
+
+        def ratio(num: str, den: str) -> float | None:
+            if num in epochs and den in epochs:
+                return epochs[num]["epoch_s"] / epochs[den]["epoch_s"]
+            return None
+
+        s["speedup_vs_fit"] = ratio("spyx_fit", "snnexp_fp32")
+        s["speedup_vs_compile_fit"] = ratio("spyx_compile_fit", "snnexp_fp32")
+        s["ceiling_fraction"] = epochs.get("snnexp_fp32", {}).get("ceiling_fraction")
+        s["qat_over_fp32"] = ratio("snnexp_qat", "snnexp_fp32")
+        s["qt_over_fp32"] = ratio("snnexp_qt", "snnexp_fp32")
+
+        ttfs = {}
+        for key, name in (("snnexp", "snnexp_fp32"), ("snnexp_k1", "ttfs_snnexp_k1"),
+                          ("spyx_fit", "ttfs_spyx_fit"), ("spyx_compile_fit", "spyx_compile_fit")):
+            r = get(name, h)
+            if r is None or "first_step" not in r.get("since_spawn_s", {}):
+                continue
+            since = r["since_spawn_s"]
+            data_s = since.get("generated", 0.0) - since.get("imported", 0.0)
+            ttfs[key] = {"from_spawn_s": since["first_step"], "data_generation_s": data_s,
+                         "without_data_s": since["first_step"] - data_s, "worker": name}
+        s["ttfs"] = ttfs
+        if "snnexp" in ttfs and "spyx_compile_fit" in ttfs:
+            s["ttfs_ratio_vs_compile_fit"] = ttfs["snnexp"]["from_spawn_s"] / ttfs["spyx_compile_fit"]["from_spawn_s"]
+            s["ttfs_ratio_vs_compile_fit_without_data"] = (
+                ttfs["snnexp"]["without_data_s"] / ttfs["spyx_compile_fit"]["without_data_s"])
+        if "snnexp_k1" in ttfs and "spyx_compile_fit" in ttfs:
+            s["ttfs_ratio_k1_vs_compile_fit"] = (
+                ttfs["snnexp_k1"]["from_spawn_s"] / ttfs["spyx_compile_fit"]["from_spawn_s"])
+        summary[str(h)] = s
+
+        v = s["speedup_vs_fit"]
+        target("speedup_vs_fit", h, v, None if v is None else v >= 1.3,
+               "" if v is None else f"spyx fit {epochs['spyx_fit']['epoch_s']:.2f} s / snnexp "
+               f"{epochs['snnexp_fp32']['epoch_s']:.2f} s per epoch = {v:.2f}x (need >= 1.3x)")
+        v = s["ceiling_fraction"]
+        target("ceiling_fraction", h, v, None if v is None else v >= 0.5,
+               "" if v is None else f"{epochs['snnexp_fp32']['gflops']:.1f} GFLOP/s of a {ceiling:.1f} "
+               f"GFLOP/s matmul = {100 * v:.0f} % (need >= 50 %)")
+        v = s.get("ttfs_ratio_vs_compile_fit")
+        target("ttfs_ratio_vs_compile_fit", h, v, None if v is None else v <= 1 / 20,
+               "" if v is None else f"snnexp {ttfs['snnexp']['from_spawn_s']:.1f} s / compile_fit "
+               f"{ttfs['spyx_compile_fit']['from_spawn_s']:.1f} s = 1/{1 / v:.1f} (need <= 1/20); "
+               f"without data generation 1/{1 / s['ttfs_ratio_vs_compile_fit_without_data']:.1f}")
+        for key, lim, name in (("qat_over_fp32", 1.15, "QAT"), ("qt_over_fp32", 1.5, "QT")):
+            v = s[key]
+            target(key, h, v, None if v is None else v <= lim,
+                   "" if v is None else f"{name} epoch {v:.2f}x fp32 (need <= {lim}x)")
+    sw = get("sweep_cache")
+    if sw is not None:
+        v = sw["second_job_compilations"]
+        target("sweep_second_job_compilations", None, v, v == 0,
+               f"second job with the cache on compiled {v} programs "
+               f"({sw['results']['cache_on'][1]['compile_cache_hits']} cache hits); cache off: "
+               f"{sw['results']['cache_off'][1]['compilations']}")
+    return summary, targets
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The results as markdown tables."""
+    s, m = record["summary"], record["machine"]
+    v = record["versions"]
+    lines = [
+        f"# snnexp training speed ({'quick' if record['quick'] else 'full'} run)",
+        "",
+        f"`{record['command']}` on {m['when']}: {m['cpu']}, nproc {m['nproc']}, load average "
+        f"{m['loadavg_before'][0]:.2f} before / {m['loadavg_after'][0]:.2f} after.",
+        f"jax {v['jax']}, flax {v['flax']}, spyx {v['spyx']}, qwix {v['qwix']}, optax {v['optax']}, "
+        f"snnexp {v['snnexp']}.",
+        f"Workload: {record['config']['samples']} samples/epoch, batch {W.BATCH}, T={W.STEPS}, "
+        f"700 -> H -> 20, Adam; medians of {record['config']['reps']} repetitions after "
+        f"{record['config']['warmup']} warm-up epoch(s) (Spyx fit: at least 2), each measurement in a "
+        "fresh process.",
+        "",
+    ]
+    if s.get("ceiling_gflops"):
+        lines += [f"Plain XLA fp32 matmul ceiling: **{s['ceiling_gflops']:.1f} GFLOP/s** (best median over "
+                  "2048^3 and the workload's matmul shapes).", ""]
+    lines += ["## Training epoch", "",
+              "| H | path | epoch s | min s | first epoch s | samples/s | GFLOP/s | GFLOP/s exact | "
+              "of ceiling | vs snnexp fp32 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for h in record["config"]["hidden"]:
+        hs = s.get(str(h), {})
+        base = hs.get("epochs", {}).get("snnexp_fp32", {}).get("epoch_s")
+        for name, e in hs.get("epochs", {}).items():
+            rel = f"{e['epoch_s'] / base:.2f}x" if base else "-"
+            frac = f"{100 * e['ceiling_fraction']:.0f} %" if "ceiling_fraction" in e else "-"
+            lines.append(f"| {h} | {name} | {e['epoch_s']:.2f} | {e['epoch_min_s']:.2f} | {e['first_epoch_s']:.2f} "
+                         f"| {e['samples_per_s']:.0f} | {e['gflops']:.1f} | {e['gflops_exact']:.1f} | {frac} "
+                         f"| {rel} |")
+    lines += ["", "## Evaluation pass (snnexp.train.evaluate)", "",
+              "| H | model | pass s | samples | samples/s | GFLOP/s | first pass s |", "|---|---|---|---|---|---|---|"]
+    for h in record["config"]["hidden"]:
+        for kind, e in s.get(str(h), {}).get("eval", {}).items():
+            lines.append(f"| {h} | {kind} | {e['pass_s']:.2f} | {e['samples']} | {e['samples_per_s']:.0f} | "
+                         f"{e['gflops']:.1f} | {e['first_pass_s']:.2f} |")
+    lines += ["", "## Time from process start to the first finished training step", "",
+              "| H | path | from spawn s | of which data generation s | without data s |", "|---|---|---|---|---|"]
+    for h in record["config"]["hidden"]:
+        for key, t in s.get(str(h), {}).get("ttfs", {}).items():
+            lines.append(f"| {h} | {key} | {t['from_spawn_s']:.1f} | {t['data_generation_s']:.1f} | "
+                         f"{t['without_data_s']:.1f} |")
+    lines += ["", "snnexp: the first `train_steps` call of a whole epoch (what `trainer.steps_per_call=0` does); "
+              "snnexp_k1: a first call of one step; spyx_fit: `fit` over one batch; spyx_compile_fit: a "
+              "whole 1-epoch `compile_fit` run (its first step is only available when it returns).", ""]
+    lines += ["## Targets", "", "| target | H | met | detail |", "|---|---|---|---|"]
+    for t in record["targets"]:
+        met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
+        lines.append(f"| {t['target']} | {t['hidden'] or '-'} | {met} | {t['detail']} |")
+    hlo = {k: w for k, w in record["workers"].items() if k.startswith("hlo@") and "error" not in w}
+    if hlo:
+        lines += ["", "## Compiled step (HLO): inside the time loops", "",
+                  "| H | model | time loops | dots in time loops | quant ops in time loops | "
+                  "quant ops per step | dots per step |", "|---|---|---|---|---|---|---|"]
+        for k, w in hlo.items():
+            h = k.split("@")[1]
+            for kind in ("fp32", "qat", "qt"):
+                r = w.get(kind)
+                if r:
+                    lines.append(f"| {h} | {kind} | {r['time_loops']} | {r['dots_in_time_loops']} | "
+                                 f"{r['quant_ops_in_time_loops']} | {r['quant_ops_in_step']} | "
+                                 f"{r['dots_in_step']} |")
+    failed = [k for k, w in record["workers"].items() if "error" in w]
+    if failed:
+        lines += ["", f"Failed workers: {', '.join(failed)} (stderr in perf.json)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1024 samples, 3 repetitions: development and smoke tests")
+    p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden sizes (default 128 512)")
+    p.add_argument("--only", nargs="+", default=None,
+                   help=f"measurement names or globs ({', '.join(MEASUREMENTS)}) or groups ({', '.join(GROUPS)})")
+    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default 8192; quick 1024)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5; quick 3; at least 3)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up epochs/passes before timing (Spyx fit: >= 2)")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--hidden-all", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.hidden = a.hidden[0] if isinstance(a.hidden, list) else a.hidden
+        a.hidden_all = a.hidden_all or [128, 512]
+        run_worker(a)
+        return
+    a.hidden = a.hidden or [128, 512]
+    a.samples = a.samples or (1024 if a.quick else 8192)
+    a.reps = max(a.reps or (3 if a.quick else 5), 3)
+    if a.samples % W.BATCH:
+        raise SystemExit(f"--samples must be a multiple of the batch size {W.BATCH}, got {a.samples}")
+    out_dir = a.out or (W.ROOT / "bench" / "results")
+    stem = "perf_quick" if a.quick else "perf"
+    names = selected(a)
+    machine = W.machine()
+    record: dict[str, Any] = {
+        "command": "python bench/perf.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": a.quick,
+        "config": {"samples": a.samples, "reps": a.reps, "warmup": a.warmup, "hidden": a.hidden,
+                   "batch": W.BATCH, "steps": W.STEPS, "features": W.FEATURES, "classes": W.CLASSES,
+                   "p_spike": W.P_SPIKE, "measurements": names},
+        "flop_formula": W.flops_per_step.__doc__,
+        "versions": W.versions(),
+        "machine": {**machine, "loadavg_before": machine.pop("loadavg")},
+        "workers": {},
+    }
+    t0 = time.perf_counter()
+    for name in names:
+        per_hidden, _ = MEASUREMENTS[name]
+        if name == "hlo":
+            hs = a.hidden[:1]
+        else:
+            hs = a.hidden if per_hidden else [None]
+        for h in hs:
+            key = name if h is None else f"{name}@{h}"
+            record["workers"][key] = spawn(name, h, a)
+    if "matmul" in names:  # the ceiling again at the end: the best of both counts
+        record["workers"]["matmul_end"] = spawn("matmul", None, a)
+    record["machine"]["loadavg_after"] = list(os.getloadavg())
+    record["total_s"] = time.perf_counter() - t0
+    record["summary"], record["targets"] = summarize(record["workers"], a.hidden, a.samples)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    md = markdown(record)
+    (out_dir / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"written to {out_dir / (stem + '.json')} and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
