@@ -1,8 +1,11 @@
 """Spiking networks whose matmuls qwix can see and whose time loop is fast.
 
 A feedforward SNN here is ``Linear -> neuron`` per hidden layer, then
-``Linear -> leaky integrator`` as the readout. The neurons are spyx's
-(``spyx.nn.LIF``, ``CuBaLIF``, ``ALIF``, ``IF``); this module only wires them.
+``Linear -> leaky integrator`` as the readout. ``RecurrentSNN`` adds a
+recurrent ``Linear`` per layer (spyx ``RLIF``/``RCuBaLIF`` dynamics with any
+neuron); ``ConvSNN`` has ``Conv -> neuron -> pooling`` layers for event
+frames. The neurons are spyx's (``spyx.nn.LIF``, ``CuBaLIF``, ``ALIF``,
+``IF``); this module only wires them.
 
 Why the forward pass looks the way it does:
 
@@ -16,7 +19,10 @@ Why the forward pass looks the way it does:
   static-range calibration uses ``loop="carry"`` (``nnx.scan`` with the model
   in the carry), the only loop in which qwix's ``QuantStat`` updates.
 * Every matmul goes through an ``nnx.Linear`` (``lax.dot_general``), so qwix
-  sees each weight exactly once per step: ``fc/0``, ``fc/1``, ..., ``readout``.
+  sees each weight exactly once per step: ``fc/0``, ``fc/1``, ..., ``readout``
+  (and ``rec/i`` for recurrent weights: a bare ``@`` would stay fp32 silently).
+  Convolutions are ``nnx.Conv`` computed as one ``dot_general`` over patches
+  by default, the only form in which qwix 0.1.8 takes every recipe.
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ class FeedForwardSNN(nnx.Module):
 
 
 def _check_loop(loop: str) -> None:
+    """Raises ``ValueError`` naming the choices for an unknown ``loop``."""
     if loop not in ("scan", "unrolled", "carry"):
         raise ValueError(f"loop={loop!r}; valid choices: scan, unrolled, carry")
 

@@ -67,6 +67,20 @@ def reference_loss(model: FeedForwardSNN, x: jax.Array, y: jax.Array) -> jax.Arr
     return optax.softmax_cross_entropy_with_integer_labels(traces.mean(axis=1), y).mean()
 
 
+@nnx.jit
+def forward_both(model: FeedForwardSNN, x: jax.Array):
+    """The model's hoisted forward pass and the per-step reference, in one compiled program."""
+    return model(x), reference_forward(model, x)
+
+
+@nnx.jit
+def grads_both(model: FeedForwardSNN, x: jax.Array, y: jax.Array):
+    """Loss and gradients of ``train.loss_and_logits`` and of the reference loop."""
+    (loss, _), grads = nnx.value_and_grad(train.loss_and_logits, has_aux=True)(model, x, y)
+    ref_loss, ref_grads = nnx.value_and_grad(reference_loss)(model, x, y)
+    return loss, grads, ref_loss, ref_grads
+
+
 def assert_trees_close(got, want, what: str) -> None:
     got_leaves = jax.tree_util.tree_leaves_with_path(got)
     want_leaves = jax.tree_util.tree_leaves_with_path(want)
@@ -80,8 +94,7 @@ def assert_trees_close(got, want, what: str) -> None:
 def test_forward_matches_per_step_loop():
     model = make_model()
     x, _ = make_data(B)
-    readout, rates = model(x)
-    ref_readout, ref_rates = reference_forward(model, x)
+    (readout, rates), (ref_readout, ref_rates) = forward_both(model, x)
     assert readout.shape == (B, T, C) and rates.shape == (B, T, len(HIDDEN))
     np.testing.assert_allclose(readout, ref_readout, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(rates, ref_rates, rtol=RTOL, atol=ATOL)
@@ -91,8 +104,7 @@ def test_forward_matches_per_step_loop():
 def test_loss_and_every_gradient_match_per_step_loop():
     model = make_model()
     x, y = make_data(B)
-    (loss, _), grads = nnx.value_and_grad(train.loss_and_logits, has_aux=True)(model, x, y)
-    ref_loss, ref_grads = nnx.value_and_grad(reference_loss)(model, x, y)
+    loss, grads, ref_loss, ref_grads = grads_both(model, x, y)
     np.testing.assert_allclose(loss, ref_loss, rtol=RTOL, atol=ATOL)
     assert_trees_close(grads, ref_grads, "gradient")
     # every parameter gets a gradient, and the spiking path really carries one
@@ -108,7 +120,7 @@ def test_train_steps_applies_reference_gradients():
     idx = np.array([[3, 0, 17, 9, 21, 5]], np.int32)
     opt = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
     losses = train.train_steps(model, opt, xs, ys, jnp.asarray(idx))
-    ref_loss, ref_grads = nnx.value_and_grad(reference_loss)(ref, xs[idx[0]], ys[idx[0]])
+    _, _, ref_loss, ref_grads = grads_both(ref, xs[idx[0]], ys[idx[0]])
     np.testing.assert_allclose(losses, [ref_loss], rtol=RTOL, atol=ATOL)
     want = jax.tree.map(lambda p, g: p - lr * g, nnx.state(ref, nnx.Param), ref_grads)
     assert_trees_close(nnx.state(model, nnx.Param), want, "parameters after one step")
