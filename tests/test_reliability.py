@@ -57,7 +57,7 @@ def without_timing(m: dict) -> dict:
         (["quant=fp32", "mode=ptq"], 2),        # fp32 training, then ptq
         (["quant=w8a8", "mode=qat"], 5),        # killed in the quantized fine-tuning
         (["quant=w4a8", "mode=qt"], 2),         # quantized training from the start
-        (["quant=ternary", "mode=srq"], 3),     # killed after the fp32 phase, before calibration
+        (["quant=ternary", "mode=srq"], 3),     # killed late in fp32 training; then calibration
     ],
 )
 def test_sigkill_then_resume_equals_an_uninterrupted_run(overrides, kill_after, tmp_path):
