@@ -10,8 +10,8 @@ T = 100), batch 256, 8192 samples per epoch (32 steps), ``Linear(700, H) ->
 LIF(H) -> Linear(H, 20) -> LI``, Adam, cross-entropy on the time-averaged
 readout; H = 128 and 512. See ``bench/README.md`` for what each number means.
 
-    python bench/perf.py                     # full run, ~30-45 min on 2 quiet cores
-    python bench/perf.py --quick             # 1024 samples, 3 repetitions: a smoke test
+    python bench/perf.py                     # full run, ~40-60 min on 2 quiet cores, ~12 GB RAM
+    python bench/perf.py --quick             # 1024 samples, 3 repetitions: a smoke test (~10 min)
     python bench/perf.py --hidden 128 --only snnexp_fp32 spyx_fit matmul
 
 Writes ``bench/results/perf.json`` and ``bench/results/perf.md``
@@ -42,14 +42,15 @@ RESULT_TAG = "PERF_RESULT "
 MEASUREMENTS: dict[str, tuple[bool, str]] = {
     "matmul": (False, "plain XLA fp32 jnp.dot, the ceiling"),
     "snnexp_fp32": (True, "snnexp.train.train_steps, one call per epoch, fp32"),
+    "spyx_fit": (True, "spyx.optimize.fit, per-batch make_train_step"),
     "snnexp_qat": (True, "the same with the qwix QAT w8a8 model"),
     "snnexp_qt": (True, "the same with the qwix QT w8a8 model, int8 backward"),
+    "spyx_compile_fit": (True, "spyx.optimize.compile_fit, the whole run as one XLA program"),
     "snnexp_fp32_eval": (True, "snnexp.train.evaluate, fp32 model (reference)"),
     "snnexp_ptq_eval": (True, "snnexp.train.evaluate, PTQ w8a8 deployed model"),
     "snnexp_srq_eval": (True, "snnexp.train.evaluate, SRQ w8a8 deployed model"),
-    "spyx_fit": (True, "spyx.optimize.fit, per-batch make_train_step"),
-    "spyx_compile_fit": (True, "spyx.optimize.compile_fit, the whole run as one XLA program"),
     "ttfs_snnexp_k1": (True, "process start -> first train_steps call with ONE step returns"),
+    "ttfs_snnexp_cached": (True, "as snnexp_fp32's first epoch, second job on a warm compilation cache"),
     "ttfs_spyx_fit": (True, "process start -> spyx.optimize.fit over one batch returns"),
     "hlo": (True, "compiled HLO of train_steps: what runs inside the time loops"),
     "sweep_cache": (False, "two equal jobs, persistent compilation cache off / on"),
@@ -58,7 +59,7 @@ GROUPS = {
     "snnexp": ["snnexp_fp32", "snnexp_qat", "snnexp_qt"],
     "eval": ["snnexp_fp32_eval", "snnexp_ptq_eval", "snnexp_srq_eval"],
     "spyx": ["spyx_fit", "spyx_compile_fit"],
-    "ttfs": ["snnexp_fp32", "ttfs_snnexp_k1", "ttfs_spyx_fit", "spyx_compile_fit"],
+    "ttfs": ["snnexp_fp32", "ttfs_snnexp_k1", "ttfs_snnexp_cached", "ttfs_spyx_fit", "spyx_compile_fit"],
     "targets": ["matmul", "snnexp_fp32", "snnexp_qat", "snnexp_qt", "spyx_fit", "spyx_compile_fit",
                 "sweep_cache"],
 }
@@ -174,8 +175,12 @@ def _snnexp_setup(a: argparse.Namespace, quant_name: str, mode: str, marks: dict
     return cfg, rules, model, sample, arrays
 
 
-def worker_snnexp_train(a: argparse.Namespace, kind: str, k1: bool = False) -> dict[str, Any]:
-    """snnexp's epoch as ``fit`` runs it: ``train_steps`` over perm ``[steps, 256]``, losses fetched."""
+def worker_snnexp_train(a: argparse.Namespace, kind: str, k1: bool = False,
+                        first_only: bool = False) -> dict[str, Any]:
+    """snnexp's epoch as ``fit`` runs it: ``train_steps`` over perm ``[steps, 256]``, losses fetched.
+
+    ``k1``: stop after a first call of ONE step; ``first_only``: after the first epoch call.
+    """
     marks = {"start": _now()}
     import jax
     import numpy as np
@@ -183,6 +188,11 @@ def worker_snnexp_train(a: argparse.Namespace, kind: str, k1: bool = False) -> d
 
     from snnexp import build, quant, train
 
+    cache = os.environ.get("SNNEXP_BENCH_CACHE")
+    if cache:  # what snnexp.__main__.configure_launch does with compile_cache
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     counter = W.CompileCounter()
     quant_name, mode = {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}[kind]
     cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks)
@@ -209,10 +219,10 @@ def worker_snnexp_train(a: argparse.Namespace, kind: str, k1: bool = False) -> d
             marks["first_step"] = _now()
         losses_seen.append(float(losses.mean()))
 
-    if k1:  # time to first step only: one call with a single step
+    if k1 or first_only:  # time to first step only
         calls = _timed_epochs(epoch, 1, counter)
         return {"marks": marks, "first_call_s": calls["wall_s"][0], "compilations": counter.count,
-                "steps_in_first_call": 1}
+                "cache_hits": counter.cache_hits, "steps_in_first_call": 1 if k1 else steps}
     calls = _timed_epochs(epoch, epochs, counter)
     out = _summarize_calls(calls, a.warmup)
     out.update(marks=marks, steps_per_epoch=steps, steps_in_first_call=steps,
@@ -370,12 +380,17 @@ def worker_ttfs_snnexp_k1(a: argparse.Namespace) -> dict[str, Any]:
     return worker_snnexp_train(a, "fp32", k1=True)
 
 
+def worker_ttfs_snnexp_cached(a: argparse.Namespace) -> dict[str, Any]:
+    return worker_snnexp_train(a, "fp32", first_only=True)
+
+
 def worker_ttfs_spyx_fit(a: argparse.Namespace) -> dict[str, Any]:
     return worker_spyx_fit(a, one_batch=True)
 
 
 def worker_hlo(a: argparse.Namespace) -> dict[str, Any]:
     """Compiles ``train_steps`` (2 steps) and reports what runs inside the time loops."""
+    import _hlo
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -383,8 +398,6 @@ def worker_hlo(a: argparse.Namespace) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from snnexp import build, quant, train
-
-    import _hlo
 
     n = 2 * W.BATCH
     x, y = W.make_data(n)
@@ -430,6 +443,7 @@ WORKERS = {
     "spyx_fit": worker_spyx_fit,
     "spyx_compile_fit": worker_spyx_compile_fit,
     "ttfs_snnexp_k1": worker_ttfs_snnexp_k1,
+    "ttfs_snnexp_cached": worker_ttfs_snnexp_cached,
     "ttfs_spyx_fit": worker_ttfs_spyx_fit,
     "hlo": worker_hlo,
     "sweep_cache": worker_sweep_cache,
@@ -447,7 +461,8 @@ def run_worker(a: argparse.Namespace) -> None:
 # ============================================================== orchestrator
 
 
-def spawn(name: str, hidden: int | None, a: argparse.Namespace) -> dict[str, Any]:
+def spawn(name: str, hidden: int | None, a: argparse.Namespace, extra_env: dict[str, str] | None = None,
+          label: str | None = None) -> dict[str, Any]:
     """Runs one worker in a fresh process; adds the spawn-relative times of its marks."""
     args = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
             "--samples", str(a.samples), "--reps", str(a.reps), "--warmup", str(a.warmup),
@@ -457,7 +472,8 @@ def spawn(name: str, hidden: int | None, a: argparse.Namespace) -> dict[str, Any
     env = {k: v for k, v in os.environ.items()
            if k not in ("JAX_COMPILATION_CACHE_DIR", "SNNEXP_COMPILE_CACHE")}
     env.setdefault("WANDB_MODE", "disabled")
-    label = name if hidden is None else f"{name}@{hidden}"
+    env.update(extra_env or {})
+    label = label or (name if hidden is None else f"{name}@{hidden}")
     print(f"[perf] {label} ...", end=" ", flush=True)
     t_spawn = time.time()
     t0 = time.perf_counter()
@@ -474,6 +490,50 @@ def spawn(name: str, hidden: int | None, a: argparse.Namespace) -> dict[str, Any
         result["since_spawn_s"] = {k: v - t_spawn for k, v in marks.items()}
     print(f"{wall:.0f}s", flush=True)
     return result
+
+
+def plan(names: list[str], hidden: list[int]) -> list[tuple[str, str, int | None]]:
+    """``(key, name, hidden)`` in run order: per hidden size the measurements that are compared
+    run next to each other (load drifts); the matmul ceiling first and again last."""
+    out: list[tuple[str, str, int | None]] = []
+    if "matmul" in names:
+        out.append(("matmul", "matmul", None))
+    for i, h in enumerate(hidden):
+        for name in names:
+            if MEASUREMENTS[name][0] and (name != "hlo" or i == 0):
+                out.append((f"{name}@{h}", name, h))
+    if "sweep_cache" in names:
+        out.append(("sweep_cache", "sweep_cache", None))
+    if "matmul" in names:
+        out.append(("matmul_end", "matmul", None))
+    return out
+
+
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One worker's results over ``--rounds``: timed repetitions pooled, single times by median."""
+    import statistics
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1]
+    if len(ok) == 1:
+        return ok[0]
+    merged = dict(ok[-1])
+    merged["rounds"] = ok
+    if "steady_s" in merged:
+        steady = [t for r in ok for t in r["steady_s"]]
+        merged.update(steady_s=steady, median_s=statistics.median(steady), min_s=min(steady),
+                      first_s=statistics.median(r["first_s"] for r in ok),
+                      steady_compilations=sum(r["steady_compilations"] for r in ok))
+    for key in ("first_run_s", "first_call_s"):
+        if key in merged:
+            merged[key] = statistics.median(r[key] for r in ok)
+    if "since_spawn_s" in merged:
+        merged["since_spawn_s"] = {k: statistics.median(r["since_spawn_s"][k] for r in ok)
+                                   for k in merged["since_spawn_s"]}
+    if "ceiling_gflops" in merged:
+        merged["ceiling_gflops"] = max(r["ceiling_gflops"] for r in ok)
+    return merged
 
 
 def selected(a: argparse.Namespace) -> list[str]:
@@ -538,7 +598,7 @@ def summarize(workers: dict[str, Any], hidden: list[int], samples: int) -> tuple
                            "first_pass_s": r["first_s"]}
         s["eval"] = evals
 
-        def ratio(num: str, den: str) -> float | None:
+        def ratio(num: str, den: str, epochs: dict = epochs) -> float | None:
             if num in epochs and den in epochs:
                 return epochs[num]["epoch_s"] / epochs[den]["epoch_s"]
             return None
@@ -551,7 +611,8 @@ def summarize(workers: dict[str, Any], hidden: list[int], samples: int) -> tuple
 
         ttfs = {}
         for key, name in (("snnexp", "snnexp_fp32"), ("snnexp_k1", "ttfs_snnexp_k1"),
-                          ("spyx_fit", "ttfs_spyx_fit"), ("spyx_compile_fit", "spyx_compile_fit")):
+                          ("snnexp_cached", "ttfs_snnexp_cached"), ("spyx_fit", "ttfs_spyx_fit"),
+                          ("spyx_compile_fit", "spyx_compile_fit")):
             r = get(name, h)
             if r is None or "first_step" not in r.get("since_spawn_s", {}):
                 continue
@@ -608,7 +669,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"jax {v['jax']}, flax {v['flax']}, spyx {v['spyx']}, qwix {v['qwix']}, optax {v['optax']}, "
         f"snnexp {v['snnexp']}.",
         f"Workload: {record['config']['samples']} samples/epoch, batch {W.BATCH}, T={W.STEPS}, "
-        f"700 -> H -> 20, Adam; medians of {record['config']['reps']} repetitions after "
+        f"700 -> H -> 20, Adam; medians of {record['config']['reps']} repetitions x {record['config']['rounds']} "
+        f"round(s) after "
         f"{record['config']['warmup']} warm-up epoch(s) (Spyx fit: at least 2), each measurement in a "
         "fresh process.",
         "",
@@ -642,8 +704,10 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(f"| {h} | {key} | {t['from_spawn_s']:.1f} | {t['data_generation_s']:.1f} | "
                          f"{t['without_data_s']:.1f} |")
     lines += ["", "snnexp: the first `train_steps` call of a whole epoch (what `trainer.steps_per_call=0` does); "
-              "snnexp_k1: a first call of one step; spyx_fit: `fit` over one batch; spyx_compile_fit: a "
-              "whole 1-epoch `compile_fit` run (its first step is only available when it returns).", ""]
+              "snnexp_k1: a first call of one step; snnexp_cached: the snnexp row as the second job of a sweep "
+              "sees it (persistent compilation cache filled by an equal job); spyx_fit: `fit` over one batch; "
+              "spyx_compile_fit: a whole 1-epoch `compile_fit` run (its first step is only available when it "
+              "returns).", ""]
     lines += ["## Targets", "", "| target | H | met | detail |", "|---|---|---|---|"]
     for t in record["targets"]:
         met = "n/a" if t["met"] is None else ("**met**" if t["met"] else "**not met**")
@@ -676,6 +740,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=None, help="samples per epoch (default 8192; quick 1024)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5; quick 3; at least 3)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up epochs/passes before timing (Spyx fit: >= 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole plan this many times (fresh processes each) and pool: for busy machines")
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -699,6 +765,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python bench/perf.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": a.quick,
         "config": {"samples": a.samples, "reps": a.reps, "warmup": a.warmup, "hidden": a.hidden,
+                   "rounds": a.rounds,
                    "batch": W.BATCH, "steps": W.STEPS, "features": W.FEATURES, "classes": W.CLASSES,
                    "p_spike": W.P_SPIKE, "measurements": names},
         "flop_formula": W.flops_per_step.__doc__,
@@ -707,17 +774,18 @@ def main(argv: list[str] | None = None) -> None:
         "workers": {},
     }
     t0 = time.perf_counter()
-    for name in names:
-        per_hidden, _ = MEASUREMENTS[name]
-        if name == "hlo":
-            hs = a.hidden[:1]
-        else:
-            hs = a.hidden if per_hidden else [None]
-        for h in hs:
-            key = name if h is None else f"{name}@{h}"
-            record["workers"][key] = spawn(name, h, a)
-    if "matmul" in names:  # the ceiling again at the end: the best of both counts
-        record["workers"]["matmul_end"] = spawn("matmul", None, a)
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(a.rounds):
+        for key, name, h in plan(names, a.hidden):
+            if name == "ttfs_snnexp_cached":
+                with tempfile.TemporaryDirectory() as cache:
+                    env = {"SNNEXP_BENCH_CACHE": cache}
+                    spawn(name, h, a, env, label=f"{key} (filling the cache)")
+                    result = spawn(name, h, a, env)
+            else:
+                result = spawn(name, h, a)
+            rounds.setdefault(key, []).append(result)
+    record["workers"] = {k: merge_rounds(v) for k, v in rounds.items()}
     record["machine"]["loadavg_after"] = list(os.getloadavg())
     record["total_s"] = time.perf_counter() - t0
     record["summary"], record["targets"] = summarize(record["workers"], a.hidden, a.samples)

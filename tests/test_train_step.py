@@ -28,9 +28,13 @@ HIDDEN = [16, 10]  # two hidden layers: fc/1 runs inside the time scan
 RTOL, ATOL = 2e-5, 1e-6
 
 
+# One activation object for every model: it is a static attribute, so models built from it
+# share their compiled programs (a new superspike() per model would recompile each test).
+NEURON = functools.partial(spyx.nn.LIF, beta=0.9, threshold=1.0, activation=spyx.axn.superspike(k=25))
+
+
 def make_model(seed: int = 0) -> FeedForwardSNN:
-    neuron = functools.partial(spyx.nn.LIF, beta=0.9, threshold=1.0, activation=spyx.axn.superspike(k=25))
-    model = FeedForwardSNN(F, HIDDEN, C, neuron, readout_beta=0.9, rngs=nnx.Rngs(seed))
+    model = FeedForwardSNN(F, HIDDEN, C, NEURON, readout_beta=0.9, rngs=nnx.Rngs(seed))
     # as snnexp.build.model: strongly typed scalars (one compilation per shape)
     nnx.update(model, jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), nnx.state(model)))
     return model
@@ -68,17 +72,15 @@ def reference_loss(model: FeedForwardSNN, x: jax.Array, y: jax.Array) -> jax.Arr
 
 
 @nnx.jit
-def forward_both(model: FeedForwardSNN, x: jax.Array):
-    """The model's hoisted forward pass and the per-step reference, in one compiled program."""
-    return model(x), reference_forward(model, x)
+def both(model: FeedForwardSNN, x: jax.Array, y: jax.Array):
+    """Forward outputs, loss and gradients of the model's fast path and of the reference loop.
 
-
-@nnx.jit
-def grads_both(model: FeedForwardSNN, x: jax.Array, y: jax.Array):
-    """Loss and gradients of ``train.loss_and_logits`` and of the reference loop."""
+    One compiled program for all of it (compiling is most of this file's time).
+    """
     (loss, _), grads = nnx.value_and_grad(train.loss_and_logits, has_aux=True)(model, x, y)
     ref_loss, ref_grads = nnx.value_and_grad(reference_loss)(model, x, y)
-    return loss, grads, ref_loss, ref_grads
+    return {"forward": model(x), "loss": loss, "grads": grads,
+            "ref_forward": reference_forward(model, x), "ref_loss": ref_loss, "ref_grads": ref_grads}
 
 
 def assert_trees_close(got, want, what: str) -> None:
@@ -93,8 +95,9 @@ def assert_trees_close(got, want, what: str) -> None:
 
 def test_forward_matches_per_step_loop():
     model = make_model()
-    x, _ = make_data(B)
-    (readout, rates), (ref_readout, ref_rates) = forward_both(model, x)
+    x, y = make_data(B)
+    out = both(model, x, y)
+    (readout, rates), (ref_readout, ref_rates) = out["forward"], out["ref_forward"]
     assert readout.shape == (B, T, C) and rates.shape == (B, T, len(HIDDEN))
     np.testing.assert_allclose(readout, ref_readout, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(rates, ref_rates, rtol=RTOL, atol=ATOL)
@@ -104,7 +107,8 @@ def test_forward_matches_per_step_loop():
 def test_loss_and_every_gradient_match_per_step_loop():
     model = make_model()
     x, y = make_data(B)
-    loss, grads, ref_loss, ref_grads = grads_both(model, x, y)
+    out = both(model, x, y)
+    loss, grads, ref_loss, ref_grads = out["loss"], out["grads"], out["ref_loss"], out["ref_grads"]
     np.testing.assert_allclose(loss, ref_loss, rtol=RTOL, atol=ATOL)
     assert_trees_close(grads, ref_grads, "gradient")
     # every parameter gets a gradient, and the spiking path really carries one
@@ -120,7 +124,8 @@ def test_train_steps_applies_reference_gradients():
     idx = np.array([[3, 0, 17, 9, 21, 5]], np.int32)
     opt = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
     losses = train.train_steps(model, opt, xs, ys, jnp.asarray(idx))
-    _, _, ref_loss, ref_grads = grads_both(ref, xs[idx[0]], ys[idx[0]])
+    out = both(ref, xs[idx[0]], ys[idx[0]])
+    ref_loss, ref_grads = out["ref_loss"], out["ref_grads"]
     np.testing.assert_allclose(losses, [ref_loss], rtol=RTOL, atol=ATOL)
     want = jax.tree.map(lambda p, g: p - lr * g, nnx.state(ref, nnx.Param), ref_grads)
     assert_trees_close(nnx.state(model, nnx.Param), want, "parameters after one step")
