@@ -18,7 +18,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from snnexp.data import Dataset
-from snnexp.models import FeedForwardSNN
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -45,7 +44,7 @@ def neuron(cfg: DictConfig) -> functools.partial:
     return _instantiate(cfg.neuron)
 
 
-def model(cfg: DictConfig, n_in: int, n_out: int) -> FeedForwardSNN:
+def model(cfg: DictConfig, n_in: int, n_out: int) -> nnx.Module:
     """Builds the network of ``cfg.model`` with the neuron of ``cfg.neuron``.
 
     Args:
