@@ -121,40 +121,13 @@ class FeedForwardSNN(nnx.Module):
             ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
             step, and the per-layer fraction of neurons that spiked per step.
         """
+        _check_loop(loop)
         b, t, n_in = x.shape
         cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
         cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]
         state = [n.initial_state(b) for n in self.neurons]
-
-        if loop == "scan":
-            _, (spikes, rates) = jax.lax.scan(self._step, state, cur)
-        elif loop == "unrolled":
-            outs = []
-            for k in range(t):
-                state, out = self._step(state, cur[k])
-                outs.append(out)
-            spikes, rates = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        elif loop == "carry":
-
-            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-            def body(carry, cur_t):
-                model, st = carry
-                st, out = model._step(st, cur_t)
-                return (model, st), out
-
-            _, (spikes, rates) = body((self, state), cur)
-        else:
-            raise ValueError(f"loop={loop!r}; valid choices: scan, unrolled, carry")
-
-        h = spikes.shape[-1]
-        drive = self.readout(spikes.reshape(t * b, h)).reshape(t, b, -1)
-
-        def integrate(v, d):
-            out, v = self.li(d, v)
-            return v, out
-
-        _, readout = jax.lax.scan(integrate, self.li.initial_state(b), drive)
-        return jnp.swapaxes(readout, 0, 1), jnp.swapaxes(rates, 0, 1)
+        spikes, rates = _run_time(self, self._step, state, cur, loop)
+        return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)
 
 
 def _check_loop(loop: str) -> None:
@@ -220,8 +193,11 @@ def _li_readout(readout: nnx.Linear, li: LI, spikes: jax.Array) -> jax.Array:
     return jnp.swapaxes(out, 0, 1)
 
 
-class RecurrentSNN(nnx.Module):
+class RecurrentSNN(FeedForwardSNN):
     """Recurrent spiking layers (spyx ``RLIF``/``RCuBaLIF`` style), LI readout.
+
+    Shares ``FeedForwardSNN``'s forward pass (hoisted projections, the three
+    loops, the LI readout) and widths; only the step and the synapses differ.
 
     Hidden layer ``i`` at step ``t`` receives the previous layer's spikes
     through ``fc/i`` and its own spikes through ``rec/i`` (no bias); the two
@@ -301,10 +277,6 @@ class RecurrentSNN(nnx.Module):
         self.readout = nnx.Linear(hidden[-1], n_out, rngs=rngs)
         self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
 
-    def layer_sizes(self) -> list[int]:
-        """Widths ``[F, H_0, ..., H_{L-1}, n_out]``."""
-        return [self.fc[0].in_features, *(f.out_features for f in self.fc), self.readout.out_features]
-
     def synapses(self) -> list[tuple[int, int]]:
         """``(neurons, fan-out)`` of the input and of each spiking layer.
 
@@ -338,27 +310,6 @@ class RecurrentSNN(nnx.Module):
             new_state.append(s)
             rates.append(jnp.mean(x, axis=-1))
         return new_state, (x, jnp.stack(rates, axis=-1))
-
-    def __call__(self, x: jax.Array, *, loop: Loop = "scan") -> tuple[jax.Array, jax.Array]:
-        """Runs the network over a whole sequence.
-
-        Args:
-            x: inputs ``[B, T, n_in]``.
-            loop: ``"scan"`` (training, evaluation), ``"unrolled"`` (qwix's
-                first call), ``"carry"`` (static-range calibration).
-
-        Returns:
-            ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
-            step, and the per-layer fraction of neurons that spiked per step.
-        """
-        _check_loop(loop)
-        b, t, n_in = x.shape
-        cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
-        cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]
-        state = [n.initial_state(b) for n in self.neurons]
-        spikes, rates = _run_time(self, self._step, state, cur, loop)
-        return _li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)
-
 
 
 POOLINGS = ("max", "avg")
