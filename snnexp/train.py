@@ -91,29 +91,37 @@ def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
 
 
 @nnx.jit
-def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array):
-    """``K`` optimizer steps in one call: a scan over the batches ``xs[perm[k]]``.
+def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array,
+                start: jax.Array, stop: jax.Array) -> jax.Array:
+    """Optimizer steps ``start .. stop-1`` of an epoch in one call, on batches ``xs[perm[k]]``.
+
+    ``start`` and ``stop`` are traced, so one compiled program serves every
+    chunk of an epoch: the single first step (a fast first result), the
+    rest of the epoch, ``trainer.steps_per_call`` chunks and resumes.
 
     Args:
         model: the network, updated in place.
         opt: its optimizer, updated in place.
         xs: all training inputs ``[N, T, F]`` (on the device).
         ys: all training labels ``[N]``.
-        perm: batch indices ``[K, B]``.
+        perm: the epoch's batch indices ``[S, B]``.
+        start: first step to run, int32 scalar.
+        stop: one past the last step to run, int32 scalar.
 
     Returns:
-        The loss of each step ``[K]`` (fetched once per call).
+        Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere
+        (fetched once per call).
     """
 
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-    def step(carry, idx):
-        model, opt = carry
+    def step(k, carry):
+        model, opt, losses = carry
+        idx = perm[k]
         grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
         (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
         opt.update(model, grads)
-        return (model, opt), loss
+        return model, opt, losses.at[k].set(loss)
 
-    _, losses = step((model, opt), perm)
+    _, _, losses = nnx.fori_loop(start, stop, step, (model, opt, jnp.zeros(perm.shape[0], jnp.float32)))
     return losses
 
 
@@ -297,9 +305,17 @@ class FitResult:
     seconds: float
 
 
-def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` cut at multiples of ``size``: the same cuts after a resume."""
+def step_chunks(start: int, stop: int, size: int, first: bool = False) -> list[tuple[int, int]]:
+    """The ``train_steps`` calls of an epoch: ``[start, stop)`` cut at multiples of ``size``.
+
+    The cuts fall at the same steps after a resume. ``first``: the process's
+    first call, which runs one step alone so that the first loss (and any
+    error) comes as soon as the program is compiled.
+    """
     cuts, s = [], start
+    if first and s < stop:
+        cuts.append((s, s + 1))
+        s += 1
     while s < stop:
         e = min((s // size + 1) * size, stop)
         cuts.append((s, e))
@@ -346,14 +362,16 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, loop: Loop, *, phas
     def save() -> None:
         loop.state.save(loop.state.next_step(), model, opt, progress)
 
+    first_call = True
     for epoch in range(progress["epoch"] + 1, epochs + 1):
         rng = np.random.default_rng([loop.seed, PHASES.index(phase), epoch])
         perm = rng.permutation(n)[: steps_per_epoch * loop.batch_size]
         perm = jax.device_put(perm.reshape(steps_per_epoch, loop.batch_size).astype(np.int32))
-        for start, stop in _chunks(progress["step"], steps_per_epoch, k):
+        for start, stop in step_chunks(progress["step"], steps_per_epoch, k, first=first_call):
+            first_call = False
             t0 = time.perf_counter()
-            losses = np.asarray(train_steps(model, opt, loop.arrays.x_train, loop.arrays.y_train,
-                                            perm[start:stop]))
+            losses = np.asarray(train_steps(model, opt, loop.arrays.x_train, loop.arrays.y_train, perm,
+                                            np.int32(start), np.int32(stop)))[start:stop]
             dt = time.perf_counter() - t0
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:

@@ -123,7 +123,7 @@ def test_train_steps_applies_reference_gradients():
     xs, ys = make_data(4 * B)
     idx = np.array([[3, 0, 17, 9, 21, 5]], np.int32)
     opt = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
-    losses = train.train_steps(model, opt, xs, ys, jnp.asarray(idx))
+    losses = train.train_steps(model, opt, xs, ys, jnp.asarray(idx), 0, 1)
     out = both(ref, xs[idx[0]], ys[idx[0]])
     ref_loss, ref_grads = out["ref_loss"], out["ref_grads"]
     np.testing.assert_allclose(losses, [ref_loss], rtol=RTOL, atol=ATOL)
@@ -131,23 +131,48 @@ def test_train_steps_applies_reference_gradients():
     assert_trees_close(nnx.state(model, nnx.Param), want, "parameters after one step")
 
 
-@pytest.mark.parametrize("k", [3])
-def test_k_steps_in_one_call_equal_k_single_calls(k: int):
+@pytest.mark.parametrize("k", [4])
+def test_chunked_calls_equal_one_call_and_share_one_program(k: int):
+    """``fit``'s chunks (one first step, then the rest; resumes; ``steps_per_call``) change nothing.
+
+    Every chunking of an epoch gives the same losses, parameters and
+    optimizer state as one call over the whole epoch, and all of them run the
+    one compiled program (``start``/``stop`` are traced, not shapes).
+    """
     xs, ys = make_data(k * B + 5)
     perm = jnp.asarray(np.random.default_rng(2).permutation(k * B + 5)[: k * B].reshape(k, B).astype(np.int32))
-    fused, single = make_model(), make_model()
     tx = optax.adam(0.01)
-    opt_fused = nnx.Optimizer(fused, tx, wrt=nnx.Param)
-    opt_single = nnx.Optimizer(single, tx, wrt=nnx.Param)
+    whole = make_model()
+    opt_whole = nnx.Optimizer(whole, tx, wrt=nnx.Param)
+    losses = np.asarray(train.train_steps(whole, opt_whole, xs, ys, perm, np.int32(0), np.int32(k)))
+    assert losses.shape == (k,) and np.all(losses > 0)
 
-    losses = train.train_steps(fused, opt_fused, xs, ys, perm)
-    single_losses = [train.train_steps(single, opt_single, xs, ys, perm[i:i + 1])[0] for i in range(k)]
-
-    assert losses.shape == (k,)
-    np.testing.assert_allclose(losses, single_losses, rtol=RTOL, atol=ATOL)
-    assert_trees_close(nnx.state(fused, nnx.Param), nnx.state(single, nnx.Param), "parameters after K steps")
-    assert_trees_close(nnx.state(opt_fused), nnx.state(opt_single), "optimizer state after K steps")
+    train.CompileStats.register()
+    compiled_before = train.CompileStats.snapshot()[0]
+    for cuts in (train.step_chunks(0, k, k, first=True), train.step_chunks(0, k, 1),
+                 train.step_chunks(1, k, 3, first=True)):
+        model = make_model()
+        opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        got = np.zeros(k, np.float32)
+        if cuts[0][0] == 1:  # a resumed epoch: step 0 was run before the "restart"
+            got[:1] = np.asarray(train.train_steps(model, opt, xs, ys, perm, np.int32(0), np.int32(1)))[:1]
+        for start, stop in cuts:
+            out = np.asarray(train.train_steps(model, opt, xs, ys, perm, np.int32(start), np.int32(stop)))
+            assert np.all(out[:start] == 0) and np.all(out[stop:] == 0), "only the steps asked for run"
+            got[start:stop] = out[start:stop]
+        np.testing.assert_allclose(got, losses, rtol=RTOL, atol=ATOL)
+        assert_trees_close(nnx.state(model, nnx.Param), nnx.state(whole, nnx.Param), f"parameters, {cuts}")
+        assert_trees_close(nnx.state(opt), nnx.state(opt_whole), f"optimizer state, {cuts}")
+    assert train.CompileStats.snapshot()[0] == compiled_before, "a chunking compiled a new program"
     # and training moved the parameters at all
     start = nnx.state(make_model(), nnx.Param)
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), nnx.state(fused, nnx.Param), start)
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), nnx.state(whole, nnx.Param), start)
     assert max(jax.tree.leaves(moved)) > 1e-3
+
+
+def test_step_chunks_cut_at_the_same_steps_after_a_resume():
+    assert train.step_chunks(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert train.step_chunks(0, 10, 4, first=True) == [(0, 1), (1, 4), (4, 8), (8, 10)]
+    assert train.step_chunks(5, 10, 4) == [(5, 8), (8, 10)]
+    assert train.step_chunks(5, 10, 4, first=True) == [(5, 6), (6, 8), (8, 10)]
+    assert train.step_chunks(10, 10, 4, first=True) == []
