@@ -95,13 +95,15 @@ def epoch_perm(n: int, epoch: int, batch: int = BATCH, seed: int = SEED) -> np.n
 # --------------------------------------------------------------- snnexp side
 
 
-def snnexp_config(hidden: int, quant: str = "fp32", mode: str = "qat"):
-    """The run config ``python -m snnexp`` would compose for this workload."""
+def snnexp_config(hidden: int, quant: str = "fp32", mode: str = "qat", model: str = "feedforward"):
+    """The run config ``python -m snnexp`` would compose for this workload (``model``: a
+    ``conf/model`` option, ``feedforward`` or ``recurrent``)."""
     from hydra import compose, initialize_config_dir
 
     overrides = [
         f"quant={quant}",
         f"mode={mode}",
+        f"model={model}",
         f"model.hidden=[{hidden}]",
         "neuron=lif",
         "surrogate=superspike",
@@ -117,11 +119,17 @@ def snnexp_config(hidden: int, quant: str = "fp32", mode: str = "qat"):
 # ----------------------------------------------------------------- Spyx side
 
 
-def spyx_model(hidden: int):
+def spyx_model(hidden: int, recurrent: bool = False):
     """``spyx.nn.Sequential(Linear, LIF, Linear, LI)``: the same network, Spyx-native.
 
-    Built in the order snnexp builds its layers from ``nnx.Rngs(0)``, so the
-    initial weights are equal. Spyx's neurons are left exactly as Spyx makes
+    ``recurrent``: ``RLIF`` in place of ``LIF`` (spikes fed back through a
+    ``[H, H]`` matrix), the layer snnexp's ``model=recurrent`` computes with
+    ``neuron=lif``; its weights start differently from snnexp's (Spyx's
+    truncated-normal recurrent matrix, another draw order), which does not
+    change the work.
+
+    Otherwise built in the order snnexp builds its layers from
+    ``nnx.Rngs(0)``, so the feed-forward weights start equal. Spyx's neurons are left exactly as Spyx makes
     them (their weakly typed ``beta`` included: that is Spyx's own path).
     """
     import spyx
@@ -129,8 +137,9 @@ def spyx_model(hidden: int):
 
     rngs = nnx.Rngs(SEED)
     fc = nnx.Linear(FEATURES, hidden, rngs=rngs)
-    lif = spyx.nn.LIF((hidden,), beta=LIF_BETA, threshold=LIF_THRESHOLD,
-                      activation=spyx.axn.superspike(k=SUPERSPIKE_K), rngs=rngs)
+    neuron = spyx.nn.RLIF if recurrent else spyx.nn.LIF
+    lif = neuron((hidden,), beta=LIF_BETA, threshold=LIF_THRESHOLD,
+                 activation=spyx.axn.superspike(k=SUPERSPIKE_K), rngs=rngs)
     readout = nnx.Linear(hidden, CLASSES, rngs=rngs)
     li = spyx.nn.LI((CLASSES,), beta=READOUT_BETA, rngs=rngs)
     return spyx.nn.Sequential(fc, lif, readout, li)
