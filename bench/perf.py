@@ -585,8 +585,8 @@ def summarize(workers: dict[str, Any], hidden: list[int], samples: int) -> tuple
                         "met": ok, "detail": text})
 
     for h in hidden:
-        fl = W.flops_per_step(h)
-        s: dict[str, Any] = {"flops_per_step": fl}
+        s: dict[str, Any] = {"flops_per_step": W.flops_per_step(h),
+                             "flops_per_step_recurrent": W.flops_per_step(h, recurrent=True)}
         epochs = {}
         for name in ("snnexp_fp32", "snnexp_qat", "snnexp_qt", "spyx_fit", "spyx_compile_fit",
                      "snnexp_rec_fp32", "spyx_rec_fit"):
@@ -594,6 +594,7 @@ def summarize(workers: dict[str, Any], hidden: list[int], samples: int) -> tuple
             if r is None or r.get("median_s") is None:
                 continue
             e = r["median_s"]
+            fl = W.flops_per_step(h, recurrent="_rec_" in name)
             epochs[name] = {
                 "epoch_s": e,
                 "epoch_min_s": r["min_s"],
@@ -778,6 +779,9 @@ def markdown(record: dict[str, Any]) -> str:
                     lines.append(f"| {h} | {kind} | {r['time_loops']} | {r['dots_in_time_loops']} | "
                                  f"{r['quant_ops_in_time_loops']} | {r['quant_ops_in_step']} | "
                                  f"{r['dots_in_step']} |")
+    if any(t["met"] is False for t in record["targets"]):
+        lines += ["", "Why the targets marked not met are not: `bench/README.md`, section \"The recorded run: what "
+                  "is not met, and why\" (profiles, HLO, the matmul floor above)."]
     failed = [k for k, w in record["workers"].items() if "error" in w]
     if failed:
         lines += ["", f"Failed workers: {', '.join(failed)} (stderr in perf.json)."]
