@@ -28,7 +28,7 @@ Why the forward pass looks the way it does:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +104,14 @@ class FeedForwardSNN(nnx.Module):
         for i, neuron in enumerate(self.neurons):
             if i > 0:
                 x = self.fc[i](x)
-            x, s = neuron(x, state[i])
+            x, s = neuron(self._current(i, x, state[i]), state[i])
             new_state.append(s)
             rates.append(jnp.mean(x, axis=-1))
         return new_state, (x, jnp.stack(rates, axis=-1))
+
+    def _current(self, i: int, x: jax.Array, state_i: Any) -> jax.Array:
+        """Input current of hidden layer ``i``: its feed-forward drive ``x [B, H_i]`` alone."""
+        return x
 
     def __call__(self, x: jax.Array, *, loop: Loop = "scan") -> tuple[jax.Array, jax.Array]:
         """Runs the network over a whole sequence.
@@ -197,7 +201,8 @@ class RecurrentSNN(FeedForwardSNN):
     """Recurrent spiking layers (spyx ``RLIF``/``RCuBaLIF`` style), LI readout.
 
     Shares ``FeedForwardSNN``'s forward pass (hoisted projections, the three
-    loops, the LI readout) and widths; only the step and the synapses differ.
+    loops, the LI readout) and widths; only a layer's input current
+    (``_current``) and the synapses differ.
 
     Hidden layer ``i`` at step ``t`` receives the previous layer's spikes
     through ``fc/i`` and its own spikes through ``rec/i`` (no bias); the two
@@ -289,27 +294,14 @@ class RecurrentSNN(FeedForwardSNN):
             out.append((h, h + sizes[i + 2]))
         return out
 
-    def _step(self, state: list[jax.Array], cur: jax.Array):
-        """One time step of the recurrent stack.
+    def _current(self, i: int, x: jax.Array, state_i: Any) -> jax.Array:
+        """Feed-forward drive ``x [B, H_i]`` plus the layer's own spikes of this step through ``rec/i``.
 
-        Args:
-            state: one neuron state per hidden layer, each ``[B, ...]``.
-            cur: input current of the first hidden layer, ``[B, H_0]``.
-
-        Returns:
-            ``(new_state, (spikes_last [B, H_last], rates [B, L]))`` where
-            ``rates[:, i]`` is the fraction of layer ``i`` that spiked.
+        This step's spikes are decided by the state alone; they are read by
+        calling the neuron on a zero input and discarding its new state.
         """
-        new_state, rates = [], []
-        x = cur
-        for i, neuron in enumerate(self.neurons):
-            if i > 0:
-                x = self.fc[i](x)
-            fired, _ = neuron(jnp.zeros_like(x), state[i])  # this step's spikes: state alone decides
-            x, s = neuron(x + self.rec[i](fired), state[i])
-            new_state.append(s)
-            rates.append(jnp.mean(x, axis=-1))
-        return new_state, (x, jnp.stack(rates, axis=-1))
+        fired, _ = self.neurons[i](jnp.zeros_like(x), state_i)
+        return x + self.rec[i](fired)
 
 
 POOLINGS = ("max", "avg")
