@@ -173,33 +173,6 @@ def adam(total_steps: int):
 # -------------------------------------------------------------- bookkeeping
 
 
-class CompileCounter:
-    """Counts XLA backend compilations and persistent-cache hits (JAX monitoring events).
-
-    As in ``snnexp.train.CompileStats``: a program loaded from the persistent
-    cache is reported as a (short) compilation too; ``count`` includes them.
-    """
-
-    def __init__(self) -> None:
-        import jax
-
-        self.count = 0
-        self.seconds = 0.0
-        self.cache_hits = 0
-
-        def on_duration(event: str, seconds: float, **_: Any) -> None:
-            if event == "/jax/core/compile/backend_compile_duration":
-                self.count += 1
-                self.seconds += seconds
-
-        def on_event(event: str, **_: Any) -> None:
-            if event == "/jax/compilation_cache/cache_hits":
-                self.cache_hits += 1
-
-        jax.monitoring.register_event_duration_secs_listener(on_duration)
-        jax.monitoring.register_event_listener(on_event)
-
-
 def versions() -> dict[str, str]:
     """Versions of the measured stack and the snnexp commit (``+dirty`` when modified)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -90,16 +90,24 @@ def _median(xs: list[float]) -> float | None:
     return float(np.median(xs)) if xs else None
 
 
+def _compile_counter():
+    """``snnexp.compile_stats.CompileStats``, listening from now on (its module imports only jax)."""
+    from snnexp.compile_stats import CompileStats
+
+    CompileStats.register()
+    return CompileStats
+
+
 def _timed_epochs(fn, n_calls: int, counter) -> dict[str, Any]:
     """Calls ``fn()`` ``n_calls`` times; wall and CPU seconds and compilations of each call."""
     wall, cpu, compiles = [], [], []
     for i in range(n_calls):
-        c0 = counter.count
+        c0 = counter.compilations
         t0, p0 = time.perf_counter(), time.process_time()
         fn(i)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - p0)
-        compiles.append(counter.count - c0)
+        compiles.append(counter.compilations - c0)
     return {"wall_s": wall, "cpu_s": cpu, "compilations": compiles}
 
 
@@ -198,7 +206,7 @@ def worker_snnexp_train(a: argparse.Namespace, kind: str, first_only: bool = Fal
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    counter = W.CompileCounter()
+    counter = _compile_counter()
     quant_name, mode = {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}[kind]
     cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks, model_name=model_name)
     steps = a.samples // W.BATCH
@@ -228,13 +236,13 @@ def worker_snnexp_train(a: argparse.Namespace, kind: str, first_only: bool = Fal
 
     if first_only:  # time to first step only
         calls = _timed_epochs(epoch, 1, counter)
-        return {"marks": marks, "first_call_s": calls["wall_s"][0], "compilations": counter.count,
+        return {"marks": marks, "first_call_s": calls["wall_s"][0], "compilations": counter.compilations,
                 "cache_hits": counter.cache_hits}
     calls = _timed_epochs(epoch, epochs, counter)
     out = _summarize_calls(calls, a.warmup)
     out.update(marks=marks, steps_per_epoch=steps, model=model_name,
                loss_first=losses_seen[0], loss_last=losses_seen[-1],
-               finite=bool(np.isfinite(losses_seen).all()), total_compilations=counter.count)
+               finite=bool(np.isfinite(losses_seen).all()), total_compilations=counter.compilations)
     return out
 
 
@@ -243,7 +251,7 @@ def worker_snnexp_eval(a: argparse.Namespace, kind: str) -> dict[str, Any]:
     marks = {"start": _now()}
     from snnexp import quant, train
 
-    counter = W.CompileCounter()
+    counter = _compile_counter()
     quant_name, mode = ("fp32", "ptq") if kind == "fp32" else ("w8a8", kind)
     cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks, evaluation=True)
     if kind == "fp32":
@@ -288,7 +296,7 @@ def worker_spyx_fit(a: argparse.Namespace, one_batch: bool = False, recurrent: b
     import spyx
 
     marks["imported"] = _now()
-    counter = W.CompileCounter()
+    counter = _compile_counter()
     xb, yb = _spyx_data(a, marks)
     batches = [(xb[i], yb[i]) for i in range(xb.shape[0])]  # device slices, made once
     jax.block_until_ready(batches)
@@ -304,14 +312,14 @@ def worker_spyx_fit(a: argparse.Namespace, one_batch: bool = False, recurrent: b
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
-        compiles.append(counter.count)
+        compiles.append(counter.compilations)
         losses.append(metrics["train_loss"])
         if epoch == 0:
             marks["first_step"] = _now()
 
     source = (lambda: batches[:1]) if one_batch else (lambda: batches)
     t0, p0 = time.perf_counter(), time.process_time()
-    c0 = counter.count
+    c0 = counter.compilations
     spyx.optimize.fit(model, tx, W.spyx_loss, source, epochs=epochs, on_epoch_end=on_epoch_end)
     wall = [stamps[0] - t0] + [b - a_ for a_, b in zip(stamps[:-1], stamps[1:])]
     cpu = [cpu_stamps[0] - p0] + [b - a_ for a_, b in zip(cpu_stamps[:-1], cpu_stamps[1:])]
@@ -355,7 +363,7 @@ def worker_spyx_compile_fit(a: argparse.Namespace) -> dict[str, Any]:
     import spyx.optimize
 
     marks["imported"] = _now()
-    counter = W.CompileCounter()
+    counter = _compile_counter()
     xb, yb = _spyx_data(a, marks)
     marks["data"] = _now()
     model = W.spyx_model(a.hidden)
@@ -371,7 +379,7 @@ def worker_spyx_compile_fit(a: argparse.Namespace) -> dict[str, Any]:
         marks["first_step"] = _now()
     finally:
         spyx.optimize.jax = jax
-    first_compiles, first_compile_s = counter.count, counter.seconds
+    first_compiles, first_compile_s = counter.compilations, counter.compile_seconds
     run = recorder.jitted[-1]
     key = jax.random.PRNGKey(0)
     calls = _timed_epochs(lambda i: jax.block_until_ready(run(key)), a.warmup + a.reps, counter)
@@ -744,7 +752,7 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(f"| {h} | {f['epoch_s']:.2f} | {share} | {bound} |")
         lines += ["", "The forward `[B*T, 700] @ [700, H]` and weight-gradient `[700, B*T] @ [B*T, H]` matmuls, "
                   "timed alone by the matmul worker, are work every framework must do for this model (Spyx does "
-                  "the same FLOPs per time step); an epoch can be no faster than they are.", ""]
+                  "the same FLOPs per time step); an epoch can be no faster than they are."]
     lines += ["", "## Evaluation pass (snnexp.train.evaluate)", "",
               "| H | model | pass s | samples | samples/s | GFLOP/s | first pass s |", "|---|---|---|---|---|---|---|"]
     for h in record["config"]["hidden"]:

@@ -44,6 +44,7 @@ from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
 from snnexp import build, checkpoint, metrics, quant, tracking
+from snnexp.compile_stats import CompileStats
 from snnexp.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -151,46 +152,6 @@ def eval_step(model: nnx.Module, xs: jax.Array, ys: jax.Array, idx: jax.Array, m
 def calibrate_step(model: nnx.Module, xs: jax.Array, idx: jax.Array) -> None:
     """Updates qwix's static activation statistics on one batch."""
     model(xs[idx], loop="carry")
-
-
-# ---------------------------------------------------------- compile counters
-
-
-class CompileStats:
-    """Counts XLA compilations and persistent-cache hits (JAX monitoring events).
-
-    JAX reports a program loaded from the persistent cache as a compilation
-    too; ``run`` subtracts the hits to count the programs really compiled.
-    """
-
-    compilations = 0
-    compile_seconds = 0.0
-    cache_hits = 0
-    _registered = False
-
-    @classmethod
-    def register(cls) -> None:
-        """Installs the listeners once per process."""
-        if cls._registered:
-            return
-        cls._registered = True
-
-        def on_duration(event: str, seconds: float, **_: Any) -> None:
-            if event == "/jax/core/compile/backend_compile_duration":
-                cls.compilations += 1
-                cls.compile_seconds += seconds
-
-        def on_event(event: str, **_: Any) -> None:
-            if event == "/jax/compilation_cache/cache_hits":
-                cls.cache_hits += 1
-
-        jax.monitoring.register_event_duration_secs_listener(on_duration)
-        jax.monitoring.register_event_listener(on_event)
-
-    @classmethod
-    def snapshot(cls) -> tuple[int, float, int]:
-        """``(compilations, compile seconds, cache hits)`` so far."""
-        return cls.compilations, cls.compile_seconds, cls.cache_hits
 
 
 # -------------------------------------------------------------- stop requests
