@@ -1,13 +1,8 @@
-"""Quantization recipes as data, turned into qwix providers that really apply.
+"""Recipe rules turned into qwix providers that really apply, and the model quantized.
 
-A recipe is a list of rules written in YAML (``conf/quant/*.yaml``). This module
-validates those rules before any compute, translates them to qwix rules for a
-mode, and quantizes a model with qwix. It exists because qwix on a spiking
-network fails silently in several ways (see ``shared/QWIX_FACTS.md``):
+This is the only place that calls qwix. It exists because qwix on a spiking
+network fails silently in several ways (docs/qwix_on_snns.md):
 
-* a qtype such as ``"int1"`` or ``"uint8"`` is accepted and zeroes the weights,
-  so qtypes are checked against an allow-list;
-* a rule with only an activation qtype does nothing, so it is an error;
 * a rule whose ``module_path`` matches no layer does nothing, so after
   quantizing we ask qwix for unused rules and raise;
 * qwix's symmetric bound is ``qmax + 0.5``, which turns a spike of 1.0 into
@@ -17,14 +12,15 @@ network fails silently in several ways (see ``shared/QWIX_FACTS.md``):
   absmean ternary: ``W ~ scale * clip(round(W / mean|W|), -1, 1)`` with a
   straight-through estimator. The projection is applied to the weight before
   qwix sees it; qwix then stores it exactly as int2 codes in {-1, 0, +1} with
-  one scale per output channel (equal to ``mean|W|``).
+  one scale per output channel (equal to ``mean|W|``);
+* qwix tells a weight from an activation by shape: a square layer fed as many
+  rows as it is wide crashes it, so ``check_shapes`` refuses that up front.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -34,87 +30,16 @@ import qwix
 from flax import nnx
 from qwix._src.utils import flax_util
 
-Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
+from snnexp.errors import ConfigError
+from snnexp.quant.recipes import INT_QTYPES, RecipeError, Rule
 
-INT_QTYPES = ("int2", "int3", "int4", "int5", "int6", "int7", "int8")
-FLOAT_QTYPES = ("nf4", "float8_e4m3fn", "float8_e5m2", "mxfp8", "mxfp4", "nvfp4")
-WEIGHT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES, "ternary")
-ACT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES)
-CALIBRATION_METHODS = ("absmax", "minmax", "rms", "fixed", "spikes")
+Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
 
 # qwix stores a ternary weight as int2 codes: with absmax scaled by 1.5 (the
 # int2 bound), the scale of a channel equals its largest |value|, so values
 # in {-s, 0, +s} become the codes {-1, 0, +1} exactly.
 _TERNARY_AS = {"weight_qtype": "int2", "weight_calibration_method": "absmax,1.5"}
 
-
-class RecipeError(ValueError):
-    """A quantization recipe that cannot be applied as written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One rule of a recipe, as written in ``conf/quant/*.yaml``."""
-
-    # Regex fullmatched against the '/'-joined module path: fc/0, readout.
-    module_path: str = ".*"
-    # Weight type: one of WEIGHT_QTYPES. Required: a rule quantizes weights.
-    weight_qtype: str | None = None
-    # Activation (matmul input) type, one of ACT_QTYPES, or None for float.
-    act_qtype: str | None = None
-    # qwix calibration of weights: absmax[,k], minmax[,k], rms,k, fixed,a,b.
-    weight_calibration_method: str = "absmax"
-    # Calibration of activations: a qwix method, or "spikes" (1.0 exact).
-    act_calibration_method: str = "spikes"
-    # Sub-channel tile size along the contraction axis, or None.
-    tile_size: int | float | None = None
-
-
-def parse_recipe(rules: Sequence[Mapping[str, Any]] | None) -> list[Rule]:
-    """Validates a recipe's rules; raises ``RecipeError`` naming the bad value.
-
-    Args:
-        rules: the ``quant.rules`` list of the config (mappings).
-
-    Returns:
-        The rules as frozen ``Rule`` objects, in order of precedence.
-    """
-    fields = {f.name for f in dataclasses.fields(Rule)}
-    parsed = []
-    for i, raw in enumerate(rules or []):
-        where = f"quant.rules[{i}]"
-        unknown = set(raw) - fields
-        if unknown:
-            raise RecipeError(
-                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(fields)}"
-            )
-        rule = Rule(**dict(raw))
-        try:
-            re.compile(rule.module_path)
-        except re.error as e:
-            raise RecipeError(f"{where}.module_path={rule.module_path!r} is not a regex: {e}") from e
-        if rule.weight_qtype is None:
-            raise RecipeError(
-                f"{where}: weight_qtype is null. qwix silently ignores a rule that quantizes "
-                f"only activations; give weight_qtype one of {list(WEIGHT_QTYPES)}."
-            )
-        _check_choice(f"{where}.weight_qtype", rule.weight_qtype, WEIGHT_QTYPES)
-        if rule.act_qtype is not None:
-            _check_choice(f"{where}.act_qtype", rule.act_qtype, ACT_QTYPES)
-        for name in ("weight_calibration_method", "act_calibration_method"):
-            method = str(getattr(rule, name)).split(",")[0]
-            _check_choice(f"{where}.{name}", method, CALIBRATION_METHODS)
-        if rule.weight_calibration_method.startswith("spikes"):
-            raise RecipeError(f"{where}.weight_calibration_method: 'spikes' is for activations only")
-        if rule.weight_qtype == "ternary" and rule.tile_size is not None:
-            raise RecipeError(f"{where}: ternary uses one absmean scale; tile_size must be null")
-        parsed.append(rule)
-    return parsed
-
-
-def _check_choice(where: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise RecipeError(f"{where}={value!r} is not supported; valid choices: {list(choices)}")
 
 
 def spike_exact_calibration(qtype: str, *, static: bool) -> str:
@@ -297,3 +222,27 @@ def weight_paths(model: nnx.Module) -> list[str]:
         for path, m in nnx.iter_modules(model)
         if isinstance(m, (nnx.Linear, nnx.Conv))
     ]
+
+
+def check_shapes(model: nnx.Module, batch_rows: Sequence[int]) -> None:
+    """Refuses a square layer whose input has as many rows as the layer is wide.
+
+    qwix tells weights from activations by shape; such a layer crashes inside
+    qwix ("lhs and rhs cannot be both weights").
+
+    Args:
+        model: the network.
+        batch_rows: every row count a matmul input will have (batch sizes,
+            batch x time steps, ...).
+
+    Raises:
+        ConfigError: naming the layer and the batch sizes to change.
+    """
+    for path, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.Linear) and m.in_features == m.out_features and m.in_features in batch_rows:
+            name = "/".join(map(str, path))
+            raise ConfigError(
+                f"layer {name} is {m.in_features}x{m.out_features} and a batch has "
+                f"{m.in_features} rows: qwix cannot tell its weight from its input. "
+                "Choose another trainer.batch_size / trainer.eval_batch_size."
+            )

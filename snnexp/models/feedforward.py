@@ -1,0 +1,121 @@
+"""``FeedForwardSNN``: Linear -> spiking neuron per hidden layer, Linear -> LI readout.
+
+The base of ``RecurrentSNN``; the reasons for its forward pass (hoisted
+projections, one intercepted step, three time loops) are in ``snnexp.models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from spyx.nn import LI
+
+from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, li_readout, run_time
+
+
+class FeedForwardSNN(nnx.Module):
+    """Linear -> spiking neuron per hidden layer, Linear -> LI readout.
+
+    Module paths (what a quantization rule's ``module_path`` matches):
+    ``fc/0`` .. ``fc/{L-1}`` for the hidden projections, ``neurons/i`` for the
+    spyx neurons, ``readout`` for the output projection, ``li`` for the
+    leaky-integrator readout neuron.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: Sequence[int],
+        n_out: int,
+        neuron: NeuronFactory,
+        readout_beta: float | None = 0.9,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the network.
+
+        Args:
+            n_in: input features per time step.
+            hidden: sizes of the hidden spiking layers, e.g. ``[128]``.
+            n_out: number of classes.
+            neuron: a spyx neuron class (or partial) called as
+                ``neuron(hidden_shape=(h,), rngs=rngs)``.
+            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            rngs: random streams for the parameters.
+        """
+        if not hidden:
+            raise ValueError("model.hidden must name at least one hidden layer, got []")
+        sizes = [n_in, *hidden]
+        self.fc = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self._init_layers(hidden, rngs=rngs)
+        self.neurons = nnx.List([neuron(hidden_shape=(h,), rngs=rngs) for h in hidden])
+        self.readout = nnx.Linear(hidden[-1], n_out, rngs=rngs)
+        self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+
+    def _init_layers(self, hidden: Sequence[int], *, rngs: nnx.Rngs) -> None:
+        """Creates a subclass's extra per-layer modules, after ``fc`` and before the neurons.
+
+        Here, nothing. Its place in the constructor fixes the order in which
+        the parameters draw from ``rngs``, so a subclass adds layers without
+        changing the initial weights of the others.
+        """
+
+    def layer_sizes(self) -> list[int]:
+        """Widths ``[F, H_0, ..., H_{L-1}, n_out]``."""
+        return [self.fc[0].in_features, *(f.out_features for f in self.fc), self.readout.out_features]
+
+    def synapses(self) -> list[tuple[int, int]]:
+        """``(neurons, fan-out)`` of the input and of each spiking layer."""
+        sizes = self.layer_sizes()
+        return list(zip(sizes[:-1], sizes[1:], strict=True))
+
+    def _step(self, state: list[jax.Array], cur: jax.Array):
+        """One time step of the hidden stack.
+
+        Args:
+            state: one neuron state per hidden layer, each ``[B, ...]``.
+            cur: input current of the first hidden layer, ``[B, H0]``.
+
+        Returns:
+            ``(new_state, (spikes_last [B, H_last], rates [B, L]))`` where
+            ``rates[:, i]`` is the fraction of layer ``i`` that spiked.
+        """
+        new_state, rates = [], []
+        x = cur
+        for i, neuron in enumerate(self.neurons):
+            if i > 0:
+                x = self.fc[i](x)
+            x, s = neuron(self._current(i, x, state[i]), state[i])
+            new_state.append(s)
+            rates.append(jnp.mean(x, axis=-1))
+        return new_state, (x, jnp.stack(rates, axis=-1))
+
+    def _current(self, i: int, x: jax.Array, state_i: Any) -> jax.Array:
+        """Input current of hidden layer ``i``: its feed-forward drive ``x [B, H_i]`` alone."""
+        return x
+
+    def __call__(self, x: jax.Array, *, loop: TimeLoop = "scan") -> tuple[jax.Array, jax.Array]:
+        """Runs the network over a whole sequence.
+
+        Args:
+            x: inputs ``[B, T, n_in]``.
+            loop: ``"scan"`` (training, evaluation), ``"unrolled"`` (qwix's
+                first call), ``"carry"`` (static-range calibration).
+
+        Returns:
+            ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
+            step, and the per-layer fraction of neurons that spiked per step.
+        """
+        check_loop(loop)
+        b, t, n_in = x.shape
+        cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
+        cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]
+        state = [n.initial_state(b) for n in self.neurons]
+        spikes, rates = run_time(self, self._step, state, cur, loop)
+        return li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)

@@ -1,0 +1,84 @@
+"""What every model shares: the three ways to run its time steps, and the LI readout.
+
+``TimeLoop`` names them (see ``snnexp.models``): ``scan`` for training and
+evaluation, ``unrolled`` for qwix's first call, ``carry`` for static-range
+calibration (the only loop in which qwix's ``QuantStat`` updates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from spyx.nn import LI
+
+TimeLoop = Literal["scan", "unrolled", "carry"]
+NeuronFactory = Callable[..., nnx.Module]
+
+
+def check_loop(loop: str) -> None:
+    """Raises ``ValueError`` naming the choices for an unknown ``loop``."""
+    if loop not in ("scan", "unrolled", "carry"):
+        raise ValueError(f"loop={loop!r}; valid choices: scan, unrolled, carry")
+
+
+def run_time(model: nnx.Module, step: Callable, state, cur, loop: TimeLoop):
+    """Runs ``step(state, cur_t) -> (state, out_t)`` over the leading axis of ``cur``.
+
+    The three loops of a model's ``__call__`` (see ``snnexp.models``):
+    ``scan`` closes over the model, ``unrolled`` is a Python loop (qwix's first
+    call), ``carry`` scans with the model in the carry (static-range
+    calibration). ``step`` must be a method of ``model``; it is looked up by
+    name on the carried model in ``carry``.
+
+    Returns:
+        The outputs of every step, stacked on a leading time axis.
+    """
+    check_loop(loop)
+    if loop == "scan":
+        _, outs = jax.lax.scan(step, state, cur)
+        return outs
+    if loop == "unrolled":
+        t = jax.tree.leaves(cur)[0].shape[0]
+        per_step = []
+        for k in range(t):
+            state, out = step(state, jax.tree.map(lambda a, k=k: a[k], cur))
+            per_step.append(out)
+        return jax.tree.map(lambda *a: jnp.stack(a), *per_step)
+    name = step.__name__
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def body(carry, cur_t):
+        m, st = carry
+        st, out = getattr(m, name)(st, cur_t)
+        return (m, st), out
+
+    _, outs = body((model, state), cur)
+    return outs
+
+
+def li_readout(readout: nnx.Linear, li: LI, spikes: jax.Array) -> jax.Array:
+    """Readout projection over all ``T*B`` rows at once, then the LI scan.
+
+    Args:
+        readout: the output projection ``[D, n_out]``.
+        li: the leaky-integrator neuron.
+        spikes: last-layer spikes ``[T, B, D]``.
+
+    Returns:
+        The LI membrane ``[B, T, n_out]``.
+    """
+    t, b, d = spikes.shape
+    drive = readout(spikes.reshape(t * b, d)).reshape(t, b, -1)
+
+    def integrate(v, x):
+        out, v = li(x, v)
+        return v, out
+
+    _, out = jax.lax.scan(integrate, li.initial_state(b), drive)
+    return jnp.swapaxes(out, 0, 1)
+
+

@@ -1,0 +1,90 @@
+"""Quantization recipes as data: rules written in YAML, checked before any compute.
+
+A recipe is a list of rules (``conf/quant/*.yaml``), the first matching rule
+winning. ``parse_recipe`` refuses what qwix would take silently and get
+wrong (docs/qwix_on_snns.md): qtypes outside the allow-list (``int1`` and
+``uint8`` zero the weights), rules without a weight qtype (ignored by qwix),
+unknown keys and calibration methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+INT_QTYPES = ("int2", "int3", "int4", "int5", "int6", "int7", "int8")
+FLOAT_QTYPES = ("nf4", "float8_e4m3fn", "float8_e5m2", "mxfp8", "mxfp4", "nvfp4")
+WEIGHT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES, "ternary")
+ACT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES)
+CALIBRATION_METHODS = ("absmax", "minmax", "rms", "fixed", "spikes")
+
+
+class RecipeError(ValueError):
+    """A quantization recipe that cannot be applied as written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule of a recipe, as written in ``conf/quant/*.yaml``."""
+
+    # Regex fullmatched against the '/'-joined module path: fc/0, readout.
+    module_path: str = ".*"
+    # Weight type: one of WEIGHT_QTYPES. Required: a rule quantizes weights.
+    weight_qtype: str | None = None
+    # Activation (matmul input) type, one of ACT_QTYPES, or None for float.
+    act_qtype: str | None = None
+    # qwix calibration of weights: absmax[,k], minmax[,k], rms,k, fixed,a,b.
+    weight_calibration_method: str = "absmax"
+    # Calibration of activations: a qwix method, or "spikes" (1.0 exact).
+    act_calibration_method: str = "spikes"
+    # Sub-channel tile size along the contraction axis, or None.
+    tile_size: int | float | None = None
+
+
+def parse_recipe(rules: Sequence[Mapping[str, Any]] | None) -> list[Rule]:
+    """Validates a recipe's rules; raises ``RecipeError`` naming the bad value.
+
+    Args:
+        rules: the ``quant.rules`` list of the config (mappings).
+
+    Returns:
+        The rules as frozen ``Rule`` objects, in order of precedence.
+    """
+    fields = {f.name for f in dataclasses.fields(Rule)}
+    parsed = []
+    for i, raw in enumerate(rules or []):
+        where = f"quant.rules[{i}]"
+        unknown = set(raw) - fields
+        if unknown:
+            raise RecipeError(
+                f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(fields)}"
+            )
+        rule = Rule(**dict(raw))
+        try:
+            re.compile(rule.module_path)
+        except re.error as e:
+            raise RecipeError(f"{where}.module_path={rule.module_path!r} is not a regex: {e}") from e
+        if rule.weight_qtype is None:
+            raise RecipeError(
+                f"{where}: weight_qtype is null. qwix silently ignores a rule that quantizes "
+                f"only activations; give weight_qtype one of {list(WEIGHT_QTYPES)}."
+            )
+        _check_choice(f"{where}.weight_qtype", rule.weight_qtype, WEIGHT_QTYPES)
+        if rule.act_qtype is not None:
+            _check_choice(f"{where}.act_qtype", rule.act_qtype, ACT_QTYPES)
+        for name in ("weight_calibration_method", "act_calibration_method"):
+            method = str(getattr(rule, name)).split(",")[0]
+            _check_choice(f"{where}.{name}", method, CALIBRATION_METHODS)
+        if rule.weight_calibration_method.startswith("spikes"):
+            raise RecipeError(f"{where}.weight_calibration_method: 'spikes' is for activations only")
+        if rule.weight_qtype == "ternary" and rule.tile_size is not None:
+            raise RecipeError(f"{where}: ternary uses one absmean scale; tile_size must be null")
+        parsed.append(rule)
+    return parsed
+
+
+def _check_choice(where: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise RecipeError(f"{where}={value!r} is not supported; valid choices: {list(choices)}")
