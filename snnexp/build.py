@@ -1,12 +1,17 @@
 """The one place that turns configuration into objects.
 
 Everything below this module takes plain typed arguments. Each builder reads
-one config group; ``tests/test_config.py`` builds every option of every group.
+one config group and checks it before anything is computed;
+``tests/test_config.py`` builds every option of every group.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -14,12 +19,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from snnexp import quant, tracking
 from snnexp.data import Dataset
+from snnexp.errors import ConfigError
+from snnexp.train.loop import LoopSettings
 
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+log = logging.getLogger(__name__)
 
 
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -64,6 +72,11 @@ def model(cfg: DictConfig, n_in: int, n_out: int) -> nnx.Module:
 def optimizer(cfg: DictConfig, total_steps: int, lr_scale: float = 1.0) -> optax.GradientTransformation:
     """Builds the optax optimizer of ``cfg.optim`` with its learning-rate schedule.
 
+    ``cfg.optim.schedule`` is an optax schedule (a ``_partial_`` target,
+    ``conf/optim/schedule``) of the learning rate relative to ``lr``; its
+    ``decay_steps`` is the phase's step count, and a warm-up longer than the
+    phase is cut to fit.
+
     Args:
         cfg: the run config.
         total_steps: optimizer steps the schedule spans.
@@ -72,18 +85,109 @@ def optimizer(cfg: DictConfig, total_steps: int, lr_scale: float = 1.0) -> optax
     o = cfg.optim
     lr = float(o.lr) * lr_scale
     steps = max(int(total_steps), 1)
-    warmup = min(int(o.get("warmup_steps", 0)), steps - 1)
-    if o.schedule == "constant":
-        schedule: optax.Schedule = optax.constant_schedule(lr)
-    elif o.schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(lr, steps, alpha=float(o.get("final_lr_fraction", 0.0)))
-    elif o.schedule == "warmup_cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, lr, max(warmup, 1), steps, end_value=lr * float(o.get("final_lr_fraction", 0.0))
-        )
-    else:
-        raise ValueError(f"optim.schedule={o.schedule!r}; valid choices: {list(SCHEDULES)}")
+    make = _instantiate(o.schedule)
+    params = inspect.signature(make.func).parameters
+    kwargs: dict[str, Any] = {"decay_steps": steps} if "decay_steps" in params else {}
+    if "warmup_steps" in make.keywords:
+        kwargs["warmup_steps"] = max(min(int(make.keywords["warmup_steps"]), steps - 1), 1)
+    relative = make(**kwargs)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        return lr * relative(step)
+
     tx = _instantiate(o.optimizer)(learning_rate=schedule)
     if o.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), tx)
     return tx
+
+
+def rules(cfg: DictConfig) -> list[quant.Rule]:
+    """The recipe of ``cfg.quant``, checked (``quant.RecipeError`` names the bad value)."""
+    return quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
+
+
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    """The ``trainer`` group, checked: each key an integer in range.
+
+    Raises:
+        ConfigError: naming the key, its value and what is allowed.
+    """
+    t = cfg.trainer
+    for key, low in (("epochs", 0), ("batch_size", 1), ("eval_batch_size", 1), ("steps_per_call", 0),
+                     ("checkpoint_every", 1)):
+        value = t[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer >= {low}")
+    return LoopSettings(t.batch_size, t.eval_batch_size, t.steps_per_call, t.checkpoint_every, int(cfg.seed))
+
+
+def pipeline(cfg: DictConfig) -> Callable[..., dict[str, Any]]:
+    """The mode's pipeline (``cfg.mode._target_``) with its knobs bound, checked.
+
+    A knob the pipeline does not take (a preset may set the knobs of several
+    modes, say ``quant_epochs`` for ``qt``) is left out and logged.
+
+    Raises:
+        ConfigError: the target is not a pipeline, or a knob is out of range.
+    """
+    m = cfg.mode
+    target = m.get("_target_")
+    try:
+        func = get_method(target)
+    except Exception as e:  # noqa: BLE001 - Hydra raises several kinds here
+        raise ConfigError(f"mode._target_={target!r} is not a function snnexp can import ({e})") from None
+    takes = set(inspect.signature(func).parameters) - {"setup"}
+    knobs = {k: v for k, v in m.items() if k not in ("_target_", "_partial_", "name")}
+    ignored = sorted(set(knobs) - takes)
+    if ignored:
+        log.info("mode=%s takes no %s; ignored", m.name, ", ".join(f"mode.{k}" for k in ignored))
+    kw = OmegaConf.to_container(OmegaConf.create({k: v for k, v in knobs.items() if k in takes}), resolve=True)
+    bwd = kw.get("bwd_qtype")
+    if bwd is not None and bwd not in quant.ACT_QTYPES:
+        raise ConfigError(f"mode.bwd_qtype={bwd!r}; valid choices: {list(quant.ACT_QTYPES)} or null")
+    ckpt = kw.get("fp32_checkpoint")
+    if ckpt and not Path(ckpt).exists():
+        raise ConfigError(f"mode.fp32_checkpoint={ckpt!r} does not exist")
+    for key, value in kw.items():
+        if key.endswith(("epochs", "batches")) and (not isinstance(value, int) or isinstance(value, bool)
+                                                     or value < 0):
+            raise ConfigError(f"mode.{key}={value!r} must be an integer >= 0")
+    return functools.partial(func, **kw)
+
+
+def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
+            settings: LoopSettings) -> tuple[nnx.Module, jax.Array]:
+    """The network for ``data``, with the recipe checked against it.
+
+    Every rule must match a layer (a dry quantization asks qwix), and no
+    square layer may see a batch of its own width (qwix would crash).
+
+    Args:
+        cfg: the run config.
+        data: the data set (its widths and one sample).
+        rules: the recipe.
+        settings: the loop settings, batch sizes fit to ``data``.
+
+    Returns:
+        ``(model, sample)``: the float network and one input ``[1, T, F]``.
+    """
+    net = model(cfg, data.features, data.n_classes)
+    bs, ebs, t = settings.batch_size, settings.eval_batch_size, data.steps
+    quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
+    sample = jnp.asarray(data.x_train[:1])
+    quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
+    return net, sample
+
+
+def tracker(cfg: DictConfig, out_dir: Path, resolved: dict, *, resume_step: int = 0) -> tracking.Tracker:
+    """The local record and W&B run of ``cfg.logger``.
+
+    Tags name the recipe, mode, neuron and data; a resumed run keeps its
+    history up to ``resume_step`` and continues its W&B run.
+    """
+    lg = cfg.logger
+    tags = [f"quant:{cfg.quant.name}", f"mode:{cfg.mode.name}", f"neuron:{cfg.neuron.name}",
+            f"data:{cfg.data.name}", *lg.get("tags", [])]
+    return tracking.Tracker(out_dir, resolved, backend=lg.backend, project=lg.get("project", "snnexp"),
+                            entity=lg.get("entity"), group=lg.get("group"), name=lg.get("name"), tags=tags,
+                            mode=lg.get("mode"), resume_step=resume_step)

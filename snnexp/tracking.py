@@ -53,20 +53,6 @@ def _clean(value: Any) -> Any:
 class Tracker:
     """Writes per-epoch history and the final summary locally and to W&B."""
 
-    @classmethod
-    def from_config(cls, cfg: Any, out_dir: Path, resolved: dict, *, resume_step: int = 0) -> Tracker:
-        """A tracker for the run config ``cfg`` (its ``logger`` group).
-
-        Tags name the recipe, mode, neuron and data; a resumed run keeps its
-        history up to ``resume_step`` and continues its W&B run.
-        """
-        lg = cfg.logger
-        tags = [f"quant:{cfg.quant.name}", f"mode:{cfg.mode.name}", f"neuron:{cfg.neuron.name}",
-                f"data:{cfg.data.name}", *lg.get("tags", [])]
-        return cls(out_dir, resolved, backend=lg.backend, project=lg.get("project", "snnexp"),
-                   entity=lg.get("entity"), group=lg.get("group"), name=lg.get("name"), tags=tags,
-                   mode=lg.get("mode"), resume_step=resume_step)
-
     def __init__(
         self,
         out_dir: Path,

@@ -1,0 +1,34 @@
+"""What a run prints at its end: the results table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def results_table(result: dict[str, Any]) -> str:
+    """Formats the final console table of a run from its metrics."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    rows = [
+        ("recipe / mode", f"{result['recipe']} / {result['mode']}"),
+        ("fp32 accuracy", fmt(result["fp32_accuracy"])),
+        ("quant accuracy", fmt(result["quant_accuracy"])),
+        ("accuracy drop", fmt(result["accuracy_drop"])),
+        ("weight bytes fp32", fmt(result["weight_bytes_fp32"])),
+        ("weight bytes quant", fmt(result["weight_bytes_quant"])),
+        ("bits per weight", fmt(result["bits_per_weight"])),
+        ("spike rate (mean)", fmt(result["spike_rate"]["mean"])),
+        ("synaptic ops / sample", fmt(result["synaptic_ops_per_sample"])),
+        ("train time (s)", fmt(result["train_time_s"])),
+        ("steps / s", fmt(result["steps_per_s"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    line = "+" + "-" * (width + 2) + "+" + "-" * 24 + "+"
+    body = "\n".join(f"| {k:<{width}} | {v:<22} |" for k, v in rows)
+    return f"{line}\n{body}\n{line}"

@@ -1,0 +1,92 @@
+"""The pure jitted steps: loss, training, evaluation and calibration.
+
+No logging, no config reads: the Python loop (``snnexp.train.loop``) owns the
+cadence. Data stays on the device; a step gathers its batch by index.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
+    """Cross-entropy on the time-averaged LI readout.
+
+    Args:
+        model: the network.
+        x: inputs ``[B, T, F]``.
+        y: labels ``[B]``.
+
+    Returns:
+        ``(mean loss, (logits [B, C], rates [B, T, L]))``.
+    """
+    readout, rates = model(x)
+    logits = readout.mean(axis=1)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, rates)
+
+
+@nnx.jit
+def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array,
+                start: jax.Array, stop: jax.Array) -> jax.Array:
+    """Optimizer steps ``start .. stop-1`` of an epoch in one call, on batches ``xs[perm[k]]``.
+
+    ``start`` and ``stop`` are traced, so one compiled program serves every
+    chunk of an epoch: the single first step (a fast first result), the
+    rest of the epoch, ``trainer.steps_per_call`` chunks and resumes.
+
+    Args:
+        model: the network, updated in place.
+        opt: its optimizer, updated in place.
+        xs: all training inputs ``[N, T, F]`` (on the device).
+        ys: all training labels ``[N]``.
+        perm: the epoch's batch indices ``[S, B]``.
+        start: first step to run, int32 scalar.
+        stop: one past the last step to run, int32 scalar.
+
+    Returns:
+        Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere
+        (fetched once per call).
+    """
+
+    def step(k, carry):
+        model, opt, losses = carry
+        idx = perm[k]
+        grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
+        (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
+        opt.update(model, grads)
+        return model, opt, losses.at[k].set(loss)
+
+    _, _, losses = nnx.fori_loop(start, stop, step, (model, opt, jnp.zeros(perm.shape[0], jnp.float32)))
+    return losses
+
+
+@nnx.jit
+def eval_step(model: nnx.Module, xs: jax.Array, ys: jax.Array, idx: jax.Array, mask: jax.Array):
+    """Sums of correct predictions, loss and spike rates over a padded batch.
+
+    Args:
+        model: the network.
+        xs: all inputs ``[N, T, F]``; ys: labels ``[N]``.
+        idx: batch indices ``[B]`` (the last batch padded with index 0).
+        mask: 1.0 for real samples, 0.0 for padding ``[B]``.
+
+    Returns:
+        ``(correct, loss_sum, rate_sum [L])`` summed over the real samples.
+    """
+    x, y = xs[idx], ys[idx]
+    readout, rates = model(x)
+    logits = readout.mean(axis=1)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = ((jnp.argmax(logits, -1) == y) * mask).sum()
+    rate_sum = (rates.mean(axis=1) * mask[:, None]).sum(axis=0)
+    return correct, (losses * mask).sum(), rate_sum
+
+
+@nnx.jit
+def calibrate_step(model: nnx.Module, xs: jax.Array, idx: jax.Array) -> None:
+    """Updates qwix's static activation statistics on one batch ``xs[idx]``."""
+    model(xs[idx], loop="carry")
