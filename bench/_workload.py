@@ -90,7 +90,10 @@ def make_data(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
 
 
 def epoch_perm(n: int, epoch: int, batch: int = BATCH, seed: int = SEED) -> np.ndarray:
-    """Batch indices ``[n // batch, batch]`` of one epoch, as ``snnexp.train.fit`` draws them."""
+    """Batch indices ``[n // batch, batch]`` of one epoch, as ``snnexp.train.epoch_perm`` draws them.
+
+    A copy, so that the Spyx side imports nothing of snnexp; the snnexp worker checks they are equal.
+    """
     rng = np.random.default_rng([seed, 0, epoch])
     steps = n // batch
     return rng.permutation(n)[: steps * batch].reshape(steps, batch).astype(np.int32)

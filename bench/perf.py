@@ -155,73 +155,75 @@ def worker_matmul(a: argparse.Namespace) -> dict[str, Any]:
 
 def _snnexp_setup(a: argparse.Namespace, quant_name: str, mode: str, marks: dict[str, float],
                   evaluation: bool = False, model_name: str = "feedforward"):
-    """What ``python -m snnexp`` does before training: imports, data, config, model, rule check.
+    """What ``snnexp.train.run`` builds before training, through the same ``snnexp.build`` calls.
 
+    The recipe, loop settings and pipeline are built and checked from the composed config, then the
+    network for the data with the recipe checked against it (the up-front dry quantization).
     ``evaluation``: the test split holds all samples (the train split a slice, for calibration);
     otherwise the train split holds all samples.
     """
-    import jax.numpy as jnp
-    from omegaconf import OmegaConf
-
-    from snnexp import build, quant, train
+    from snnexp import build
     from snnexp.data import Dataset
+    from snnexp.train import Arrays
 
     marks["imported"] = _now()
     x, y = W.make_data(a.samples)
     marks["generated"] = _now()
     cfg = W.snnexp_config(a.hidden, quant=quant_name, mode=mode, model=model_name)
-    rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
-    train.check_config(cfg, rules)
-    model = build.model(cfg, W.FEATURES, W.CLASSES)
-    sample = jnp.asarray(x[:1])
-    quant.quantize(model, rules, "ptq", sample)  # run()'s up-front check that every rule matches
+    rules, settings, pipeline = build.rules(cfg), build.loop_settings(cfg), build.pipeline(cfg)
     n_small = min(len(x), 8 * W.BATCH)
     if evaluation:  # evaluate over all samples; calibrate on a slice
         data = Dataset(x[:n_small], y[:n_small], x, y, n_classes=W.CLASSES, name="shd-synthetic")
     else:  # train on all samples
         data = Dataset(x, y, x[:W.BATCH], y[:W.BATCH], n_classes=W.CLASSES, name="shd-synthetic")
-    arrays = train.Arrays.put(data)
+    settings = settings.fit(len(data.x_train), len(data.x_test))
+    model, sample = build.network(cfg, data, rules, settings)
+    arrays = Arrays.put(data)
     del x, y, data
     marks["built"] = _now()
-    return cfg, rules, model, sample, arrays
+    return cfg, rules, pipeline, settings, model, sample, arrays
 
 
 def worker_snnexp_train(a: argparse.Namespace, kind: str, first_only: bool = False,
                         model_name: str = "feedforward") -> dict[str, Any]:
     """snnexp's epoch as ``train.fit`` runs it: ``train_steps`` over the epoch's perm ``[steps, 256]``.
 
-    The calls are ``fit``'s (``train.step_chunks`` with ``trainer.steps_per_call=0``): the process's
-    first call runs one step alone, then the rest of that epoch; every later epoch is one call.
-    ``first_only``: stop after the first step (time to first step).
+    The model and optimizer are the ones the mode's pipeline trains (``snnexp.train.pipelines``:
+    ``training_model`` with the mode's knobs, ``build.optimizer`` with its ``lr_scale``); the batches
+    are ``train.epoch_perm``'s and the calls ``train.step_chunks``' (``trainer.steps_per_call=0``):
+    the process's first call runs one step alone, then the rest of that epoch; every later epoch is
+    one call. ``first_only``: stop after the first step (time to first step).
     """
     marks = {"start": _now()}
     import jax
     import numpy as np
     from flax import nnx
 
-    from snnexp import build, quant, train
+    from snnexp import build, launch, train
+    from snnexp.train import pipelines
 
     cache = os.environ.get("SNNEXP_BENCH_CACHE")
-    if cache:  # what snnexp.__main__.configure_launch does with compile_cache
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if cache:  # what the launcher does with compile_cache
+        launch.enable_compile_cache(cache)
     counter = _compile_counter()
     quant_name, mode = {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}[kind]
-    cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks, model_name=model_name)
+    cfg, rules, pipeline, settings, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks,
+                                                                          model_name=model_name)
     steps = a.samples // W.BATCH
     epochs = a.warmup + a.reps
-    if kind == "fp32":
-        trained, tx = model, build.optimizer(cfg, epochs * steps)
-    elif kind == "qat":
-        trained = quant.quantize(model, rules, "qat", sample)
-        tx = build.optimizer(cfg, epochs * steps, lr_scale=cfg.mode.lr_scale)
-    else:
-        trained = quant.quantize(model, rules, "qt", sample, bwd_qtype=cfg.mode.bwd_qtype)
-        tx = build.optimizer(cfg, epochs * steps)
+    knobs = pipeline.keywords  # the mode's knobs, as its pipeline gets them
+    trained = pipelines.training_model("fp32" if kind == "fp32" else mode, model, rules, sample,
+                                       bwd_qtype=knobs.get("bwd_qtype"))
+    lr_scale = knobs.get("lr_scale", 1.0) if kind == "qat" else 1.0
+    tx = build.optimizer(cfg, epochs * steps, lr_scale=lr_scale)
     opt = nnx.Optimizer(trained, tx, wrt=nnx.Param)
     marks["optimizer"] = _now()
-    perms = [jax.device_put(W.epoch_perm(a.samples, e + 1)) for e in range(epochs)]
+    perm_phase = "fp32" if kind == "fp32" else "quant"
+    perms = [train.epoch_perm(settings.seed, perm_phase, e + 1, a.samples, settings.batch_size)
+             for e in range(epochs)]
+    if kind == "fp32":  # the Spyx side (no snnexp imports) draws the same batches
+        assert np.array_equal(perms[0], W.epoch_perm(a.samples, 1))
+    perms = [jax.device_put(p) for p in perms]
     losses_seen = []
 
     def epoch(i: int) -> None:
@@ -247,23 +249,25 @@ def worker_snnexp_train(a: argparse.Namespace, kind: str, first_only: bool = Fal
 
 
 def worker_snnexp_eval(a: argparse.Namespace, kind: str) -> dict[str, Any]:
-    """``snnexp.train.evaluate`` of the deployed model over all samples."""
+    """``snnexp.train.evaluate`` of the deployed model over all samples (``pipelines.integer_model``)."""
     marks = {"start": _now()}
-    from snnexp import quant, train
+    from snnexp import train
+    from snnexp.train import pipelines
 
     counter = _compile_counter()
     quant_name, mode = ("fp32", "ptq") if kind == "fp32" else ("w8a8", kind)
-    cfg, rules, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks, evaluation=True)
+    cfg, rules, pipeline, settings, model, sample, arrays = _snnexp_setup(a, quant_name, mode, marks,
+                                                                          evaluation=True)
     if kind == "fp32":
         deployed = model
-    elif kind == "ptq":
-        deployed = quant.quantize(model, rules, "ptq", sample)
     else:
-        calib = quant.quantize(model, rules, "calibrate", sample)
-        train.calibrate(calib, arrays, cfg.mode.calib_batches, W.BATCH, cfg.seed)
-        deployed = quant.quantize(calib, rules, "srq", sample)
+        trained = model
+        if kind == "srq":
+            trained = pipelines.calibrated_model(model, rules, sample, arrays, pipeline.keywords["calib_batches"],
+                                                 settings)
+        deployed = pipelines.integer_model(trained, rules, sample, kind)
     marks["deployed"] = _now()
-    ebs = int(cfg.trainer.eval_batch_size)
+    ebs = settings.eval_batch_size
     results = []
 
     def one(i: int) -> None:
@@ -407,9 +411,9 @@ def worker_hlo(a: argparse.Namespace) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from omegaconf import OmegaConf
 
-    from snnexp import build, quant, train
+    from snnexp import build, train
+    from snnexp.train import pipelines
 
     n = 2 * W.BATCH
     x, y = W.make_data(n)
@@ -418,10 +422,8 @@ def worker_hlo(a: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for kind, (qname, mode) in {"fp32": ("fp32", "qat"), "qat": ("w8a8", "qat"), "qt": ("w8a8", "qt")}.items():
         cfg = W.snnexp_config(a.hidden, quant=qname, mode=mode)
-        rules = quant.parse_recipe(OmegaConf.to_container(cfg.quant.rules, resolve=True))
-        model = build.model(cfg, W.FEATURES, W.CLASSES)
-        if kind != "fp32":
-            model = quant.quantize(model, rules, kind, xs[:1], bwd_qtype=cfg.mode.get("bwd_qtype"))
+        model = pipelines.training_model(kind, build.model(cfg, W.FEATURES, W.CLASSES), build.rules(cfg), xs[:1],
+                                         bwd_qtype=build.pipeline(cfg).keywords.get("bwd_qtype"))
         opt = nnx.Optimizer(model, build.optimizer(cfg, 10), wrt=nnx.Param)
         text = train.train_steps.lower(model, opt, xs, ys, perm, np.int32(0), np.int32(2)).compile().as_text()
         out[kind] = _hlo.loop_report(text, time_steps=W.STEPS)
