@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -9,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hydra.utils import get_method
+from omegaconf import open_dict
 
 from snnexp import build, quant, tracking
 from snnexp.data import Dataset
-from snnexp.train import MODES
 from tests.conftest import CONF_DIR, make_cfg
 
 
@@ -51,14 +53,49 @@ def test_model_with_every_neuron_and_surrogate(neuron, surrogate):
 
 
 @pytest.mark.parametrize("optim", options("optim"))
-def test_optimizers_build_and_follow_schedule(optim):
+def test_optimizers_build(optim):
     cfg = make_cfg(f"optim={optim}")
     tx = build.optimizer(cfg, total_steps=100)
     params = {"w": jnp.ones(3)}
-    state = tx.init(params)
-    updates, _ = tx.update({"w": jnp.ones(3)}, state, params)
-    assert np.isfinite(np.asarray(updates["w"])).all()
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     assert isinstance(tx, optax.GradientTransformation)
+    assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+def _sgd_learning_rates(cfg, total_steps: int, lr_scale: float = 1.0) -> np.ndarray:
+    """The learning rate of every step, read back through SGD (the update of a unit gradient is -lr)."""
+    with open_dict(cfg):
+        cfg.optim.optimizer = {"_target_": "optax.sgd", "_partial_": True}
+    tx = build.optimizer(cfg, total_steps=total_steps, lr_scale=lr_scale)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    lrs = []
+    for _ in range(total_steps):
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))
+    return np.asarray(lrs)
+
+
+@pytest.mark.parametrize("schedule", options("optim/schedule"))
+def test_schedules_give_the_learning_rate_of_each_step(schedule):
+    cfg = make_cfg(f"optim/schedule={schedule}", "optim.lr=0.01")
+    steps, k = np.arange(40), 0.01 * 0.5
+    lrs = _sgd_learning_rates(cfg, 40, lr_scale=0.5)
+    s = cfg.optim.schedule
+    if schedule == "constant":
+        expected = np.full(40, k)
+    elif schedule == "cosine":
+        expected = k * ((1 - s.alpha) * 0.5 * (1 + np.cos(np.pi * steps / 40)) + s.alpha)
+    else:  # warmup_cosine: linear 0 -> k over warmup_steps, then cosine down to end_value * k
+        w = s.warmup_steps
+        cos = k * ((1 - s.end_value) * 0.5 * (1 + np.cos(np.pi * (steps - w) / (40 - w))) + s.end_value)
+        expected = np.where(steps < w, k * steps / w, cos)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_a_warmup_longer_than_the_phase_is_cut_to_fit():
+    lrs = _sgd_learning_rates(make_cfg("optim/schedule=warmup_cosine", "optim.schedule.warmup_steps=50"), 5)
+    assert lrs[0] == 0.0 and np.isclose(lrs.max(), 0.003) and np.argmax(lrs) == 4
 
 
 @pytest.mark.parametrize("recipe", options("quant"))
@@ -72,8 +109,13 @@ def test_recipes_parse_and_match_the_model(recipe):
 
 
 @pytest.mark.parametrize("mode", options("mode"))
-def test_modes_are_known(mode):
-    assert make_cfg(f"mode={mode}").mode.name in MODES
+def test_each_mode_names_a_pipeline_and_holds_exactly_its_knobs(mode):
+    cfg = make_cfg(f"mode={mode}")
+    func = get_method(cfg.mode._target_)
+    assert cfg.mode._partial_ is True and func.__module__ == "snnexp.train.pipelines"
+    knobs = set(cfg.mode) - {"_target_", "_partial_", "name"}
+    assert knobs == set(inspect.signature(func).parameters) - {"setup"}
+    assert build.pipeline(cfg).func is func
 
 
 @pytest.mark.parametrize("logger", options("logger"))

@@ -12,9 +12,7 @@ from __future__ import annotations
 import random
 import socket
 import sys
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -22,6 +20,7 @@ from snnexp import build
 from snnexp.data import mnist1d, nmnist, shd
 from snnexp.data.dataset import DataError
 from tests.conftest import make_cfg
+from tests.helpers import write_nmnist_bin, write_shd
 
 
 def _refuse(*args, **kwargs):
@@ -144,22 +143,6 @@ def test_mnist1d_config_builds(mnist1d_cache):
 # ---------------------------------------------------------------- SHD
 
 
-def write_shd(path: Path, times: list, units: list, labels: list, skip: tuple[str, ...] = ()) -> None:
-    """Writes an SHD file as the real ones are: ragged float16 times, ragged uint16 units."""
-    with h5py.File(path, "w") as f:
-        if "spikes/times" not in skip:
-            d = f.create_dataset("spikes/times", (len(times),), dtype=h5py.vlen_dtype(np.float16))
-            for i, t in enumerate(times):
-                d[i] = np.asarray(t, dtype=np.float16)
-        if "spikes/units" not in skip:
-            d = f.create_dataset("spikes/units", (len(units),), dtype=h5py.vlen_dtype(np.uint16))
-            for i, u in enumerate(units):
-                d[i] = np.asarray(u, dtype=np.uint16)
-        if "labels" not in skip:
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
-        f.create_dataset("extra/speaker", data=np.zeros(len(labels), dtype=np.uint16))
-
-
 @pytest.fixture
 def shd_root(tmp_path):
     # train: hand-placed spikes; 0.9995 s is the last bin (and inf if scaled in float16)
@@ -277,15 +260,6 @@ def test_shd_config_builds(shd_root):
 
 
 # ---------------------------------------------------------------- N-MNIST
-
-
-def write_nmnist_bin(path: Path, events: list[tuple[int, int, int, int]]) -> None:
-    """Writes N-MNIST's format: 5 bytes per event, x, y, p in bit 7 then a 23-bit time in us."""
-    raw = bytearray()
-    for x, y, t, p in events:
-        raw += bytes([x, y, (p << 7) | ((t >> 16) & 0x7F), (t >> 8) & 0xFF, t & 0xFF])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(raw))
 
 
 # The hand-placed recording: 0..100 ms cut into 10 frames of 10 ms.

@@ -1,7 +1,7 @@
 """Recurrent and convolutional SNNs: NumPy references, real quantization, smoke runs, presets.
 
 The recurrent matrices and the convolutions are checked to be REALLY
-quantized (QWIX_FACTS.md: a recurrent weight held outside an ``nnx.Linear``
+quantized (docs/qwix_on_snns.md: a recurrent weight held outside an ``nnx.Linear``
 silently stays fp32): QAT outputs equal independent NumPy fake-quant
 references, PTQ/SRQ store integer codes equal to a NumPy quantizer, and a
 rule naming only ``rec/.*`` changes the output exactly as the reference says.
@@ -22,11 +22,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from snnexp import build, quant
-from snnexp.models import ConvSNN, RecurrentSNN, conv_as_dot_general
+from snnexp.models import ConvSNN, RecurrentSNN
+from snnexp.quant import conv_as_dot_general
 from snnexp.train import ConfigError, run
 from tests.conftest import CONF_DIR, make_cfg
-from tests.test_data_loaders import write_nmnist_bin, write_shd
-from tests.test_quant import np_codes, np_fake_quant
+from tests.helpers import np_codes, np_fake_quant, write_nmnist_bin, write_shd
 
 ACT = spyx.axn.superspike()
 LIF = functools.partial(spyx.nn.LIF, beta=0.8, threshold=1.0, activation=ACT)
@@ -250,7 +250,7 @@ def test_ternary_recurrent_codes_are_bitnet():
 
 
 def test_qwix_confuses_a_square_recurrent_weight_with_a_batch_of_as_many_rows():
-    """Why train.check_shapes exists: pins qwix 0.1.8's crash (B == H, QAT)."""
+    """Why quant.check_shapes exists: pins qwix 0.1.8's crash (B == H, QAT)."""
     model = small_rnn(hidden=[4])
     with pytest.raises(AssertionError, match="lhs and rhs cannot be both weights"):
         quant.quantize(model, quant.parse_recipe(INT8), "qat", jnp.ones((4, 3, 6)))
@@ -434,6 +434,7 @@ CONV_CASES = [("fp32", "qt"), ("w8a8", "srq"), ("w4a8", "qat"), ("weights_only",
 CASES = [("recurrent", r, m) for r in RECIPES for m in MODES] + [("conv", r, m) for r, m in CONV_CASES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "recipe", "mode"), CASES)
 def test_every_model_recipe_and_mode_runs(model, recipe, mode, tmp_path):
     m = run(make_cfg("debug=fast", *MODELS[model], f"quant={recipe}", f"mode={mode}"), tmp_path)
@@ -497,6 +498,7 @@ def test_quant_presets_sweep_every_recipe_and_mode_over_their_base(base):
 SMALL_RUN = ["logger=none", "trainer.epochs=1", "mode=ptq", "quant=w8a8"]  # fp32 epoch, then int8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["shd_ff", "shd_recurrent"])
 def test_shd_presets_run_on_files_in_the_real_format(preset, tmp_path):
     rng = np.random.default_rng(0)
@@ -508,6 +510,7 @@ def test_shd_presets_run_on_files_in_the_real_format(preset, tmp_path):
     assert m["status"] == "ok" and 0.0 <= m["quant_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_nmnist_conv_preset_runs_on_files_in_the_real_format(tmp_path):
     pytest.importorskip("tonic")
     rng = np.random.default_rng(1)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from snnexp import quant
 from snnexp.models import FeedForwardSNN
+from tests.helpers import np_codes, np_fake_quant
 
 INT8 = [dict(weight_qtype="int8", act_qtype="int8")]
 
@@ -21,22 +22,6 @@ INT8 = [dict(weight_qtype="int8", act_qtype="int8")]
 def small_model(seed: int = 0) -> FeedForwardSNN:
     neuron = functools.partial(spyx.nn.LIF, beta=0.8, threshold=1.0, activation=spyx.axn.superspike())
     return FeedForwardSNN(6, [10, 7], 3, neuron, readout_beta=0.9, rngs=nnx.Rngs(seed))
-
-
-def np_fake_quant(a: np.ndarray, bits: int, axis: int, factor: float = 1.0) -> np.ndarray:
-    """Symmetric absmax fake quantization with one scale per slice reduced
-    along ``axis``, as qwix defines it: bound qmax + 0.5, values multiplied by
-    the reciprocal scale in float32, rounded half to even."""
-    qmax = 2 ** (bits - 1) - 1
-    absmax = np.max(np.abs(a), axis=axis, keepdims=True).astype(np.float32) * np.float32(factor)
-    scale = absmax / np.float32(qmax + 0.5)
-    scale = np.where(scale < np.sqrt(np.finfo(np.float32).tiny), 1.0, scale).astype(np.float32)
-    return (np_codes(a, scale, qmax) * scale).astype(np.float32)
-
-
-def np_codes(a: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
-    inv = (np.float32(1.0) / scale).astype(np.float32)
-    return np.clip(np.round((a * inv).astype(np.float32)), -qmax - 1, qmax)
 
 
 def np_forward(params: dict, x: np.ndarray, wq, aq) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,16 +52,21 @@ def without_timing(m: dict) -> dict:
     return {k: v for k, v in m.items() if k not in TIMING}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "overrides,kill_after",
+    "overrides,kill_after,resumed_from",
     [
-        (["quant=fp32", "mode=ptq"], 2),        # fp32 training, then ptq
-        (["quant=w8a8", "mode=qat"], 5),        # killed in the quantized fine-tuning
-        (["quant=w4a8", "mode=qt"], 2),         # quantized training from the start
-        (["quant=ternary", "mode=srq"], 3),     # killed late in fp32 training; then calibration
+        # fp32 training, then ptq: epoch 1 or 2 was saved
+        (["quant=fp32", "mode=ptq"], 2, r"\[fp32\] resumed at epoch [23] step 0"),
+        # killed in the quantized fine-tuning: the fp32 network is restored, then quant epoch 1 or 2 resumes
+        (["quant=w8a8", "mode=qat"], 5, r"fp32 network restored from \S+checkpoints/fp32"),
+        # quantized training from the start
+        (["quant=w4a8", "mode=qt"], 2, r"\[quant\] resumed at epoch [23] step 0"),
+        # killed late in fp32 training; then calibration
+        (["quant=ternary", "mode=srq"], 3, r"\[fp32\] resumed at epoch [34] step 0"),
     ],
 )
-def test_sigkill_then_resume_equals_an_uninterrupted_run(overrides, kill_after, tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(overrides, kill_after, resumed_from, tmp_path):
     reference = run(make_cfg(*SLOW, *overrides), tmp_path / "reference")
     out = tmp_path / "killed"
     proc = cli(out, *SLOW, *overrides)
@@ -73,13 +79,18 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(overrides, kill_after, 
     resumed = cli(out, *SLOW, *overrides)
     log, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, log[-3000:]
-    assert "resumed at epoch" in log or "restored" in log or "fp32" in log
+    assert re.search(resumed_from, log), log[-3000:]
+    first_phase = "[quant]" if "mode=qt" in overrides else "[fp32]"
+    assert f"{first_phase} epoch 1/" not in log  # the saved epochs are not trained again
+    if "mode=qat" in overrides:
+        assert "[fp32] epoch" not in log
     final = json.loads((out / "metrics.json").read_text())
     assert without_timing(final) == without_timing(reference)  # bit-identical on CPU
     history = [json.loads(r) for r in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == list(range(1, final["epochs"] + 1))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_rerun_finishes_identically(tmp_path):
     overrides = [*SLOW, "quant=w8a8", "mode=qat"]
     reference = run(make_cfg(*overrides), tmp_path / "reference")
@@ -177,6 +188,7 @@ def test_dataset_rejects_labels_out_of_range_and_empty_splits():
         Dataset(x, np.zeros(4, np.int32), x[:0], np.zeros(0, np.int32), 4, "toy")
 
 
+@pytest.mark.slow
 def test_no_secret_is_written_to_the_run_directory(tmp_path):
     secret = "0123456789abcdef0123456789abcdef01234567"
     env = {**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline"}
@@ -202,6 +214,7 @@ def test_wandb_failure_at_init_does_not_stop_the_run(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "history.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_multirun_resumed_after_a_kill_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "snnexp", "-m", *SLOW, "quant=fp32,w8a8,w4a8", "mode=ptq",

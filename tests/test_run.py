@@ -25,6 +25,7 @@ METRIC_KEYS = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_and_mode_runs(recipe, mode, tmp_path):
@@ -90,12 +91,14 @@ def test_bad_config_fails_before_training(override, match, tmp_path):
     assert not (tmp_path / "history.jsonl").exists()  # no epoch ran
 
 
-def test_bad_mode_name_lists_choices(tmp_path):
+def test_a_mode_whose_target_is_not_a_function_is_refused_before_training(tmp_path):
     cfg = make_cfg("debug=fast")
     with open_dict(cfg):
-        cfg.mode.name = "qatt"
-    with pytest.raises(ConfigError, match="'qatt'; valid choices: \\['qat', 'qt', 'ptq', 'srq'\\]"):
+        cfg.mode._target_ = "snnexp.train.pipelines.qatt"
+    with pytest.raises(ConfigError, match="mode._target_='snnexp.train.pipelines.qatt'"):
         run(cfg, tmp_path)
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert "qatt" in json.loads((tmp_path / "metrics.json").read_text())["error"]
 
 
 def test_unknown_group_option_names_the_choices():
@@ -111,6 +114,7 @@ def test_square_layer_with_batch_rows_is_refused(tmp_path):
         run(cfg, tmp_path)
 
 
+@pytest.mark.slow
 def test_command_line_run_writes_metrics(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run(

@@ -30,6 +30,7 @@ def statuses(sweep: Path) -> dict[str, dict]:
             for d in sorted(sweep.iterdir()) if (d / "status.json").exists()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_multirun_through_each_launcher_writes_every_job(launcher, tmp_path):
     extra = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
@@ -40,6 +41,7 @@ def test_multirun_through_each_launcher_writes_every_job(launcher, tmp_path):
     assert recipes == ["ternary", "w8a8"]
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_lose_the_others(tmp_path):
     proc = multirun(tmp_path, "quant=w8a8", "mode=qat,ptq", "trainer.batch_size=16,0",
                     "hydra/launcher=joblib")
@@ -52,6 +54,7 @@ def test_a_failing_job_does_not_lose_the_others(tmp_path):
     assert "trainer.batch_size=0 must be an integer" in proc.stderr
 
 
+@pytest.mark.slow
 def test_optuna_search_returns_a_best_value_and_survives_a_failed_trial(tmp_path):
     proc = multirun(tmp_path, "hparams_search=lr", "hydra.sweeper.n_trials=3",
                     "trainer.batch_size=choice(0,16)")
@@ -64,6 +67,7 @@ def test_optuna_search_returns_a_best_value_and_survives_a_failed_trial(tmp_path
     assert 3e-4 <= best["best_params"]["optim.lr"] <= 3e-2
 
 
+@pytest.mark.slow
 def test_wandb_records_one_offline_run_per_job_grouped_by_sweep(tmp_path):
     proc = multirun(tmp_path, "logger=wandb", "quant=w8a8,weights_only", "mode=qat")
     assert proc.returncode == 0, proc.stderr[-3000:]
