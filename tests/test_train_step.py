@@ -21,6 +21,7 @@ import spyx
 from flax import nnx
 
 from snnexp import train
+from snnexp.compile_stats import CompileStats
 from snnexp.models import FeedForwardSNN
 
 B, T, F, C = 6, 9, 12, 5
@@ -147,8 +148,8 @@ def test_chunked_calls_equal_one_call_and_share_one_program(k: int):
     losses = np.asarray(train.train_steps(whole, opt_whole, xs, ys, perm, np.int32(0), np.int32(k)))
     assert losses.shape == (k,) and np.all(losses > 0)
 
-    train.CompileStats.register()
-    compiled_before = train.CompileStats.snapshot()[0]
+    CompileStats.register()
+    compiled_before = CompileStats.snapshot()[0]
     for cuts in (train.step_chunks(0, k, k, first=True), train.step_chunks(0, k, 1),
                  train.step_chunks(1, k, 3, first=True)):
         model = make_model()
@@ -163,7 +164,7 @@ def test_chunked_calls_equal_one_call_and_share_one_program(k: int):
         np.testing.assert_allclose(got, losses, rtol=RTOL, atol=ATOL)
         assert_trees_close(nnx.state(model, nnx.Param), nnx.state(whole, nnx.Param), f"parameters, {cuts}")
         assert_trees_close(nnx.state(opt), nnx.state(opt_whole), f"optimizer state, {cuts}")
-    assert train.CompileStats.snapshot()[0] == compiled_before, "a chunking compiled a new program"
+    assert CompileStats.snapshot()[0] == compiled_before, "a chunking compiled a new program"
     # and training moved the parameters at all
     start = nnx.state(make_model(), nnx.Param)
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), nnx.state(whole, nnx.Param), start)
