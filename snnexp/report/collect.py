@@ -38,6 +38,8 @@ ID_COLUMNS = ("run", "run_dir", "source", "sweep", "status", "error", "config", 
 #: Columns read from the resolved config (``recipe`` and ``mode`` are also metrics).
 CONFIG_COLUMNS = {"seed": "seed", "recipe": "quant.name", "mode": "mode.name", "neuron": "neuron.name",
                   "data": "data.name", "objective": "objective"}
+#: Metrics every view reads: empty columns when no run has them yet (all still running, say).
+EXPECTED_METRICS = ("quant_accuracy", "fp32_accuracy", "accuracy_drop", "weight_bytes_quant")
 #: Overrides that select a preset rather than a value: never "swept keys".
 PRESET_KEYS = frozenset({"debug", "hparams_search", "sweep", "experiment", "hydra/launcher", "hydra/sweeper"})
 #: A run marked running whose process is not here and whose files are older than this is incomplete.
@@ -224,11 +226,15 @@ def _sweeper_info(sweeper: Mapping | None) -> dict[str, Any]:
     return info
 
 
-def _tidy(table: pd.DataFrame) -> pd.DataFrame:
-    """Integer columns stay integers with gaps (``Int64``); ``config`` names what varies."""
+def _tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The table of ``rows``: integer columns stay integers with gaps (``Int64``); ``config`` names what varies."""
+    table = pd.DataFrame(rows)
+    for col in EXPECTED_METRICS:
+        if col not in table:
+            table[col] = float("nan")
     for col in table.columns:
-        values = table[col].dropna()
-        if len(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        values = [r[col] for r in rows if r.get(col) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             table[col] = table[col].astype("Int64")
     keys = [set(str(k).split()) for k in table["config_key"]]
     common = set.intersection(*keys) if keys else set()
@@ -291,7 +297,7 @@ def collect(dirs: Iterable[str | Path], labels: Sequence[str] | None = None) -> 
                              **{k.split("/", 1)[1]: v for k, v in h.items() if k.startswith(phase + "/")}})
     for sweep in names:
         sweepers.setdefault(sweep, _sweeper_info(None))
-    table = _tidy(pd.DataFrame(rows))
+    table = _tidy(rows)
     overrides = sorted((c for c in table.columns if c.startswith("override/")), key=natural_key)
     head = [*ID_COLUMNS, *overrides, *CONFIG_COLUMNS, "last_epoch"]
     table = table[head + [c for c in table.columns if c not in head]]
