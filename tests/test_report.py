@@ -1,72 +1,94 @@
-"""``snnexp.report`` on real runs: a tiny Hydra multirun, read back into CSV and HTML.
+"""``snnexp.report`` on real runs: tiny Hydra multiruns read back into a DataFrame, CSV and an offline page.
 
 The runs are real (``python -m snnexp -m debug=fast ...`` in subprocesses, run
-side by side to keep the module near a minute). The layout under one parent:
+side by side). The layout under one parent, built once per test session (and
+shared by pytest-xdist workers through a lock, see :func:`report_runs`):
 
-    sweep/0..3      quant=fp32,w8a8 x mode=ptq,qat            (multirun, seed 0)
-    seed1/0         quant=w8a8 mode=ptq seed=1                 (multirun: a second seed)
-    bad_batch/      trainer.batch_size=0                       (single run that really fails)
-    handmade_failed/  .hydra/overrides.yaml + status.json      (written by hand below)
+    sweep/0..3       quant=fp32,w8a8 x mode=ptq,qat         (multirun, seed 0)
+    seed1/0          quant=w8a8 mode=ptq seed=1              (multirun: a second seed)
+    search/0..2      hparams_search=lr, 3 optuna trials       (multirun, optuna sweeper)
+    bad_batch/       quant=ternary trainer.batch_size=0       (single run that really fails)
+    handmade_failed/ .hydra/overrides.yaml + status.json      (written by hand below)
 
-The hand-made directory stands for a failed job once jobs write ``status.json``;
+The hand-made directory stands for a job that failed before writing a config;
 it is the only run not produced by ``python -m snnexp``.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from snnexp import report
+from snnexp.report import analysis, page
+from snnexp.report.collect import swept_keys
 from snnexp.tracking import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 HANDMADE_ERROR = "ConfigError: mode.name='bogus'; valid choices: ['qat', 'qt', 'ptq', 'srq'] <&>"
+SWEEPS = {
+    "sweep": ["-m", "debug=fast", "quant=fp32,w8a8", "mode=ptq,qat"],
+    "seed1": ["-m", "debug=fast", "quant=w8a8", "mode=ptq", "seed=1"],
+    "search": ["-m", "hparams_search=lr", "debug=fast", "hydra.sweeper.n_trials=3"],
+}
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("WANDB_MODE", "offline")
-    env.setdefault("WANDB_SILENT", "true")
-    return env
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join([str(REPO), out.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out.setdefault("WANDB_MODE", "offline")
+    out.setdefault("WANDB_SILENT", "true")
+    return out
 
 
-def _snnexp(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "snnexp", *args], cwd=REPO, env=_env(),
+def snnexp(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "snnexp", *args], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.fixture(scope="module")
-def runs_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    procs = {
-        "sweep": _snnexp("-m", "debug=fast", "quant=fp32,w8a8", "mode=ptq,qat",
-                         f"hydra.sweep.dir={root / 'sweep'}"),
-        "seed1": _snnexp("-m", "debug=fast", "quant=w8a8", "mode=ptq", "seed=1",
-                         f"hydra.sweep.dir={root / 'seed1'}"),
-        "bad_batch": _snnexp("debug=fast", "quant=w8a8", "mode=ptq", "trainer.batch_size=0",
-                             f"hydra.run.dir={root / 'bad_batch'}"),
-    }
+def _launch(root: Path) -> None:
+    procs = {name: snnexp(*args, f"hydra.sweep.dir={root / name}") for name, args in SWEEPS.items()}
+    procs["bad_batch"] = snnexp("debug=fast", "quant=ternary", "mode=ptq", "trainer.batch_size=0",
+                                f"hydra.run.dir={root / 'bad_batch'}")
     outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
-    for name in ("sweep", "seed1"):
+    for name in SWEEPS:
         assert procs[name].returncode == 0, outputs[name][-3000:]
     assert procs["bad_batch"].returncode != 0, outputs["bad_batch"][-3000:]
-
     bad = root / "handmade_failed"
     (bad / ".hydra").mkdir(parents=True)
     (bad / ".hydra" / "overrides.yaml").write_text("- debug=fast\n- mode=bogus\n")
     (bad / "status.json").write_text(json.dumps({"status": "failed", "error": HANDMADE_ERROR}))
+
+
+def report_runs(tmp_path_factory) -> Path:
+    """The runs above, launched once per session; xdist workers of one session share them."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "report_runs"
+    with open(str(root) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            _launch(root)
+            (root / "done").write_text("ok")
     return root
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    return report_runs(tmp_path_factory)
 
 
 def _csv_rows(path: Path) -> dict[str, dict[str, str]]:
@@ -82,22 +104,25 @@ def _as_csv(value) -> str:
     return str(value)
 
 
+@pytest.mark.slow
 def test_csv_holds_every_run_with_its_metrics(runs_root, tmp_path):
-    rows = report.build_report([runs_root], tmp_path)
+    runs = report.build_report([runs_root], tmp_path)
     table = _csv_rows(tmp_path / "results.csv")
     job_dirs = sorted(p for p in runs_root.rglob("*") if (p / ".hydra").is_dir())
-    assert len(job_dirs) == 7  # 4 + 1 + 1 real, 1 hand-made
-    assert len(rows) == len(table) == len(job_dirs)
+    assert len(job_dirs) == 4 + 1 + 3 + 1 + 1
+    assert len(runs.table) == len(table) == len(job_dirs)
     assert set(table) == {str(p.resolve()) for p in job_dirs}
 
-    finished = [p for p in job_dirs if (p / "metrics.json").exists()]
-    assert len(finished) == 5
+    finished = [p for p in job_dirs if (p / "metrics.json").exists() and p.name != "bad_batch"]
+    assert len(finished) == 8
     for run_dir in finished:
         row = table[str(run_dir.resolve())]
         assert row["status"] == "ok" and row["error"] == ""
         metrics = flatten(json.loads((run_dir / "metrics.json").read_text()))
         assert "spike_rate/mean" in metrics and "spike_rate/layer_0" in metrics
         for key, value in metrics.items():
+            key = "metric/status" if key == "status" else key
+            value = "ok" if key == "metric/status" else value
             assert key in row, key
             if isinstance(value, float):
                 assert float(row[key]) == value, (run_dir, key)  # full precision kept
@@ -114,64 +139,107 @@ def test_csv_holds_every_run_with_its_metrics(runs_root, tmp_path):
         assert row["mode"] == cfg["mode"]["name"] == metrics["mode"]
         assert row["neuron"] == cfg["neuron"]["name"]
         assert row["data"] == cfg["data"]["name"]
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
+        assert row["last_epoch"] == str(max(epochs))
+        assert float(row["memory_bytes"]) == metrics["weight_bytes_quant"]  # no packed width reported yet
 
-    grid = {(r["recipe"], r["mode"]) for r in rows if r["status"] == "ok"}
+    ok = runs.table[runs.table["status"] == "ok"]
+    in_sweep = ok[[Path(d).parent.name == "sweep" for d in ok["run_dir"]]]
+    grid = set(zip(in_sweep["recipe"], in_sweep["mode"]))
     assert grid == {("fp32", "ptq"), ("fp32", "qat"), ("w8a8", "ptq"), ("w8a8", "qat")}
+    assert isinstance(runs.table, pd.DataFrame) and str(runs.table["seed"].dtype) == "Int64"
 
 
-def test_failed_and_incomplete_runs_are_listed(runs_root, tmp_path):
-    # A job killed before it wrote metrics: a real run with its metrics.json gone.
-    killed = tmp_path / "runs" / "killed"
+@pytest.mark.slow
+def test_failed_incomplete_and_running_runs(runs_root, tmp_path):
+    killed = tmp_path / "runs" / "killed"  # a job killed before it wrote metrics
     shutil.copytree(runs_root / "sweep" / "0", killed, ignore=shutil.ignore_patterns("checkpoints"))
     (killed / "metrics.json").unlink()
+    running = tmp_path / "runs" / "running"  # a job still going: its process is alive (this one)
+    shutil.copytree(runs_root / "sweep" / "1", running, ignore=shutil.ignore_patterns("checkpoints"))
+    (running / "metrics.json").unlink()
+    (running / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid()}))
+    gone = tmp_path / "runs" / "gone"  # marked running, process gone long ago
+    shutil.copytree(running, gone)
+    (gone / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 17}))
+    old = time.time() - 3600
+    for f in gone.iterdir():
+        os.utime(f, (old, old))
 
-    rows = report.build_report([runs_root, killed], tmp_path / "out")
-    by_dir = {Path(r["run_dir"]).name: r for r in rows}
+    runs = report.build_report([runs_root, tmp_path / "runs"], tmp_path / "out")
+    by_dir = {Path(r["run_dir"]).name: r for r in runs.table.to_dict("records")}
     assert by_dir["handmade_failed"]["status"] == "failed"
     assert by_dir["handmade_failed"]["error"] == HANDMADE_ERROR
     assert by_dir["killed"]["status"] == "incomplete"
-    assert by_dir["killed"]["recipe"] is not None  # the config is still read
-    real_failure = by_dir["bad_batch"]
-    assert real_failure["status"] in ("failed", "incomplete")  # failed once jobs write status.json
-    if real_failure["status"] == "failed":
-        assert "batch_size" in real_failure["error"]
+    assert "metrics.json is missing" in by_dir["killed"]["error"]
+    assert by_dir["killed"]["recipe"] == "fp32"  # the config is still read
+    assert by_dir["running"]["status"] == "running" and by_dir["running"]["last_epoch"] == 2
+    assert by_dir["gone"]["status"] == "incomplete" and "process is gone" in by_dir["gone"]["error"]
+    assert by_dir["bad_batch"]["status"] == "failed"
+    assert "batch_size" in by_dir["bad_batch"]["error"]
 
-    page = (tmp_path / "out" / "report.html").read_text()
-    section = page.split("<h2>Failed and incomplete runs</h2>", 1)[1].split("<h2>", 1)[0]
-    assert "handmade_failed" in section and "killed" in section and "bad_batch" in section
-    assert "ConfigError: mode.name=&#x27;bogus&#x27;" in section and "&lt;&amp;&gt;" in section
-
-
-def test_html_is_offline_and_has_the_plots(runs_root, tmp_path):
-    report.build_report([runs_root / "sweep", runs_root / "seed1"], tmp_path)
-    page = (tmp_path / "report.html").read_text()
-    assert page.count("<svg") == 4  # pareto, drop heatmap, curves, seed spread
-    for title in ("Accuracy vs. memory", "Accuracy drop per recipe and mode", "Training curves",
-                  "Mean and spread over seeds", "All runs"):
-        assert f"<h2>{title}</h2>" in page
-    assert "Pareto front" in page
-    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
-    assert not re.search(r"<link\b", page, re.I)
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
-    assert not re.search(r"""url\(\s*["']?\s*(https?:)?//|@import""", page, re.I)
-    assert "http://" not in page and "https://" not in page
+    html = (tmp_path / "out" / "report.html").read_text()
+    section = html.split("<h2>Failed, incomplete and running runs</h2>", 1)[1].split("</section>", 1)[0]
+    for name in ("handmade_failed", "killed", "bad_batch", "running", "gone"):
+        assert name in section
+    assert "ConfigError: mode.name=&#39;bogus&#39;" in section and "&lt;&amp;&gt;" in section
+    assert HANDMADE_ERROR not in html  # never unescaped
 
 
-def test_seed_spread_groups_repeated_configs(runs_root):
+def _without_plotly(html: str) -> str:
+    start = html.index("/**\n* plotly.js v")
+    return html[:start] + html[html.index("</script>", start):]
+
+
+@pytest.mark.slow
+def test_page_is_offline_and_has_every_view(runs_root, tmp_path):
+    report.build_report([runs_root / "sweep", runs_root / "seed1", runs_root / "search"], tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("/**\n* plotly.js v") == 1  # embedded once
+    for name in ("pareto", "energy", "parallel", "importance", "drop", "curves", "seeds",
+                 "optuna-1-history", "optuna-1-params"):
+        assert f'data-fig="fig-{name}"' in html, name
+    for title in ("Accuracy vs. memory", "Accuracy vs. energy", "Parallel coordinates", "Parameter importance",
+                  "Optuna search: search (study lr)", "Accuracy drop per recipe and mode", "Training curves",
+                  "Mean ± sd over seeds", "All runs"):
+        assert f"<h2>{title}</h2>" in html, title
+    rest = _without_plotly(html)
+    assert not re.search(r"<script[^>]*\bsrc\s*=", rest, re.I)
+    assert not re.search(r"<link\b", rest, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", rest, re.I)
+    assert not re.search(r"""url\(\s*["']?\s*(https?:)?//|@import""", rest, re.I)
+    assert "http://" not in rest and "https://" not in rest
+    assert "data-refresh" not in html  # only while watching
+
+
+@pytest.mark.slow
+def test_figures_name_runs_and_only_recipes_that_finished(runs_root):
     runs = report.collect([runs_root])
-    stats = report.seed_stats(runs)
-    assert [(s["recipe"], s["mode"], s["n"]) for s in stats] == [("w8a8", "ptq", 2)]
-    accs = sorted(r.get("quant_accuracy") for r in runs
-                  if r.ok and (r.get("recipe"), r.get("mode")) == ("w8a8", "ptq"))
-    assert sorted(stats[0]["values"]) == accs
-    assert stats[0]["mean"] == pytest.approx(sum(accs) / 2)
-    assert stats[0]["seeds"] == [0, 1]
+    views = page.build_figures(runs)
+    figs = views["figures"]
+    names = {t.name for t in figs["pareto"].data if t.meta and t.meta.get("role") == "points"}
+    assert names == {"fp32", "w8a8"}  # ternary only failed: in no legend
+    assert "ternary" in views["style"].recipes  # but the filter bar still offers it
+    for fig in (figs["pareto"], figs["energy"]):
+        for trace in fig.data:
+            if trace.meta and trace.meta.get("role") == "points":
+                for (run_id, *_), text in zip(trace.customdata, trace.text):
+                    row = runs.table.loc[run_id]
+                    assert row["status"] == "ok" and row["run"] in text and row["overrides"] in text
+    dims = [d.label for d in figs["parallel"].data[0].dimensions]
+    assert dims[0] == "run" and dims[-1].startswith("quant_accuracy")
+    assert set(views["swept"]) <= set(dims)
+    heat = figs["drop"].data[0]
+    assert heat.colorbar.title.side == "right"  # never on top of the figure's title
+    fp32_row = [r["recipe"] for r in heat.meta["rows"]].index("fp32")
+    assert all(v is None or v != v for v in heat.z[fp32_row])  # fp32 vs fp32 is no drop (blank)
+    assert all(t.startswith("n/a: fp32 vs fp32") for t in heat.text[fp32_row])
 
 
-def test_single_run_dir(runs_root, tmp_path):
-    rows = report.build_report([runs_root / "sweep" / "2"], tmp_path)
-    assert len(rows) == 1 and rows[0]["status"] == "ok"
-    assert (tmp_path / "results.csv").exists() and (tmp_path / "report.html").exists()
+def test_recipe_order_is_numeric():
+    names = ["w8a8", "ternary", "w2a8", "fp32", "w10a8", "w4a8", "custom", "weights_only", "w3a8"]
+    assert sorted(names, key=analysis.recipe_order) == [
+        "fp32", "weights_only", "w10a8", "w8a8", "w4a8", "w3a8", "w2a8", "ternary", "custom"]
 
 
 def test_pareto_front():
@@ -179,11 +247,87 @@ def test_pareto_front():
     assert report.pareto_front(pts) == [5, 2, 1, 4]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snnexp.report", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+@pytest.mark.slow
+def test_seed_spread_groups_repeated_configs(runs_root):
+    table = report.collect([runs_root / "sweep", runs_root / "seed1"]).table
+    stats = report.seed_stats(table)
+    assert [(s.recipe, s.mode, s.n) for s in stats.itertuples()] == [("w8a8", "ptq", 2)]
+    ok = table[(table["status"] == "ok") & (table["recipe"] == "w8a8") & (table["mode"] == "ptq")]
+    accs = sorted(ok["quant_accuracy"])
+    assert stats.loc[0, "mean"] == pytest.approx(sum(accs) / 2)
+    assert stats.loc[0, "std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert stats.loc[0, "seeds"] == [0, 1]
 
 
+@pytest.mark.slow
+def test_drop_grid_and_importance(runs_root):
+    runs = report.collect([runs_root / "sweep"])
+    grid = analysis.drop_grid(runs.table).set_index(["recipe", "mode"])
+    assert grid.loc[("fp32", "qat"), "note"] == "n/a: fp32 vs fp32" and pd.isna(grid.loc[("fp32", "qat"), "drop"])
+    w8 = runs.table[(runs.table["recipe"] == "w8a8") & (runs.table["mode"] == "qat")]
+    assert grid.loc[("w8a8", "qat"), "drop"] == pytest.approx(100 * w8["accuracy_drop"].mean())
+    imp = analysis.importance(runs.table, swept_keys(runs.table), runs.sweepers["sweep"])
+    assert set(imp["values"]) <= {"quant", "mode"} and imp["values"]
+    assert sum(imp["values"].values()) == pytest.approx(1.0)
+    assert imp["evaluator"].endswith("ImportanceEvaluator") and "run table" in imp["basis"]
+
+
+@pytest.mark.slow
+def test_optuna_search_views(runs_root, tmp_path):
+    runs = report.build_report([runs_root / "search"], tmp_path)
+    assert runs.sweepers["search"]["kind"] == "optuna" and runs.sweepers["search"]["study_name"] == "lr"
+    assert swept_keys(runs.table) == ["optim.lr"]
+    assert runs.table["trial"].tolist() == [0, 1, 2]
+    views = page.build_figures(runs)
+    (search,) = views["optuna"]
+    best = [t for t in search["history"].data if t.meta and t.meta.get("role") == "best"][0]
+    acc = 100 * runs.table.sort_values("trial")["quant_accuracy"]
+    assert list(best.y) == pytest.approx(acc.cummax().tolist())
+    assert search["params"].layout.xaxis.type == "log"  # tag(log, interval(...)) in the search space
+    assert list(views["importance"][""]["values"]) == ["optim.lr"]
+    text = report.console_table(runs.table)
+    assert "optim.lr" in text.splitlines()[0]
+    for lr in runs.table["override/optim.lr"]:
+        assert lr in text
+
+
+@pytest.mark.slow
+def test_packed_bytes_preferred(runs_root, tmp_path):
+    run = tmp_path / "packed"
+    shutil.copytree(runs_root / "sweep" / "3", run, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["weight_bytes_packed"] = 123.0
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    runs = report.collect([run, runs_root / "sweep"])
+    assert runs.table.loc[0, "memory_bytes"] == 123.0
+    assert runs.table.loc[1, "memory_bytes"] == runs.table.loc[1, "weight_bytes_quant"]
+    fig = page.build_figures(runs)["figures"]["pareto"]
+    assert "weight_bytes_packed" in fig.layout.xaxis.title.text
+
+
+@pytest.mark.slow
+def test_compare_two_sweeps(runs_root, tmp_path):
+    runs = report.build_report([runs_root / "sweep", runs_root / "seed1"], tmp_path, labels=["before", "after"])
+    assert runs.sources == ["before", "after"]
+    assert runs.table.groupby("source", sort=False).size().to_dict() == {"before": 4, "after": 1}
+    views = page.build_figures(runs)
+    fronts = [t for t in views["figures"]["pareto"].data if t.meta and t.meta.get("role") == "pareto"]
+    assert [f.meta["source"] for f in fronts] == ["before", "after"]
+    symbols = {s for t in views["figures"]["pareto"].data if t.meta and t.meta.get("role") == "points"
+               for s in t.marker.symbol}
+    assert any(s.endswith("-open") for s in symbols) and any(not s.endswith("-open") for s in symbols)
+    html = (tmp_path / "report.html").read_text()
+    assert 'data-filter="source"' in html
+    with pytest.raises(report.ReportError, match="--label"):
+        report.collect([runs_root / "sweep"], labels=["a", "b"])
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snnexp.report", *args], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
 def test_cli(runs_root, tmp_path):
     out = tmp_path / "cli"
     done = _cli(str(runs_root / "sweep"), str(runs_root / "seed1"), "--out", str(out))
@@ -192,11 +336,41 @@ def test_cli(runs_root, tmp_path):
     assert f"wrote {out.resolve() / 'report.html'}" in done.stdout
     assert re.search(r"sweep/3\s+ok\s+w8a8\s+qat", done.stdout), done.stdout
 
+    done = _cli(str(runs_root / "sweep"), "--label", "a,b")
+    assert done.returncode == 2 and "--label" in done.stderr
     missing = tmp_path / "nowhere"
     done = _cli(str(missing))
     assert done.returncode == 2 and str(missing) in done.stderr and "no such directory" in done.stderr
-
     empty = tmp_path / "empty"
     empty.mkdir()
     done = _cli(str(empty))
     assert done.returncode == 2 and str(empty) in done.stderr and "holds no runs" in done.stderr
+
+
+@pytest.mark.slow
+def test_watch_follows_a_running_sweep(tmp_path):
+    sweep = tmp_path / "live"
+    out = tmp_path / "out"
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "snnexp.report", str(sweep), "--out", str(out), "--watch", "--interval", "0.5",
+         "--idle", "5", "--timeout", "240"], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    job = snnexp("-m", "debug=fast", "quant=w8a8", "mode=ptq,qat", f"hydra.sweep.dir={sweep}")
+    pages = []
+    while watcher.poll() is None and job.poll() is None:
+        page_file = out / "report.html"
+        if page_file.exists():
+            text = page_file.read_text()
+            if "data-refresh" in text and 'class="st running"' in text and not pages:
+                pages.append(text)
+        time.sleep(0.3)
+    assert job.wait(timeout=300) == 0, job.stdout.read()[-3000:]
+    log = watcher.communicate(timeout=120)[0]
+    assert watcher.returncode == 0, log
+    assert re.search(r"report rewritten: \d+ runs: .*running", log), log
+    assert "report rewritten: 2 runs: 2 ok" in log, log
+    assert "nothing changed for 5 s: stopping" in log
+    assert pages, "no page showed a running job while watching"
+    final = (out / "report.html").read_text()
+    assert "data-refresh" not in final and 'class="st running"' not in final
+    assert len(_csv_rows(out / "results.csv")) == 2
