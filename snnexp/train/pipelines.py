@@ -80,6 +80,8 @@ def ptq(setup: Setup, *, fp32_epochs: int, fp32_checkpoint: str | None = None) -
 
 def srq(setup: Setup, *, fp32_epochs: int, calib_batches: int, fp32_checkpoint: str | None = None) -> dict[str, Any]:
     """Static-range quantization: fp32, static activation scales from ``calib_batches``, integer weights."""
+    if setup.rules and not any(r.act_qtype for r in setup.rules):
+        log.warning("srq with a weights-only recipe: there are no activation scales to calibrate")
     fp32 = fp32_phase(setup, fp32_epochs, fp32_checkpoint)
     return deploy(setup, calibrate_phase(setup, calib_batches), "srq", fp32)
 
