@@ -1,30 +1,56 @@
-"""``python -m snnexp [overrides]``: compose the config and call ``run``; nothing else."""
+"""``python -m snnexp [overrides]``: compose the config and call ``run``; nothing else.
+
+A user's mistake (a config, recipe, data or checkpoint error, a NaN) prints
+its one-line message and exits 2; ``HYDRA_FULL_ERROR=1`` shows the traceback.
+In a multirun a failed job is recorded (``status.json``, ``metrics.json``)
+and returns no objective, the sweep goes on, and the summary at the end
+(``snnexp.callbacks.SweepSummary``) lists every job and every failure.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from snnexp import launch
+from snnexp.errors import USER_ERRORS
 from snnexp.train import Preempted, run
 
 _CONF = Path(__file__).resolve().parent / "conf"
 CONFIG_PATH = str(_CONF if _CONF.is_dir() else _CONF.parent.parent / "conf")
+
+log = logging.getLogger("snnexp")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Runs one job; returns its objective (``quant_accuracy``) to a sweeper."""
     launch.configure(cfg)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     try:
-        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        metrics = run(cfg, out_dir)
     except Preempted as e:
-        print(f"snnexp: {e}", file=sys.stderr)
+        print(f"snnexp: {e}.\nTo resume: {launch.resume_command(hc)}", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except Exception as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = f"{type(e).__name__}: {e}"
+        if hc.mode == RunMode.MULTIRUN:  # recorded as failed; the sweep goes on and its summary lists it
+            (log.error if isinstance(e, USER_ERRORS) else log.exception)("%s (recorded in %s)", message, out_dir)
+            return None
+        if not isinstance(e, USER_ERRORS):
+            raise  # a bug: Hydra prints the traceback
+        print(f"snnexp: {message}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get(cfg.objective)
 
 

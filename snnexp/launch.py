@@ -8,13 +8,15 @@ same functions.
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 from pathlib import Path
 
 import jax
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def enable_compile_cache(directory: str | Path) -> Path:
@@ -30,16 +32,43 @@ def enable_compile_cache(directory: str | Path) -> Path:
     return cache
 
 
+class _JobPrefix(logging.Filter):
+    """Prefixes every log record of a sweep job with ``[job N]``."""
+
+    def __init__(self, num: int):
+        super().__init__()
+        self.prefix = f"[job {num}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
 def configure(cfg: DictConfig) -> None:
     """Applies the settings that depend on the launch (single run or sweep job) to the process and ``cfg``."""
     hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        # Several jobs may share one accelerator: none may grab all its memory.
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        with open_dict(cfg):
+    with open_dict(cfg):
+        if hc.mode == RunMode.MULTIRUN:
+            # Several jobs may share one accelerator: none may grab all its memory.
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            for handler in logging.getLogger().handlers:
+                if not any(isinstance(f, _JobPrefix) for f in handler.filters):
+                    handler.addFilter(_JobPrefix(hc.job.num))
             if cfg.logger.get("group") is None and "group" in cfg.logger:
                 cfg.logger.group = Path(hc.sweep.dir).as_posix().removeprefix("outputs/")
             if cfg.logger.get("name") is None and "name" in cfg.logger:
                 cfg.logger.name = hc.job.override_dirname or f"job{hc.job.num}"
+        elif cfg.logger.get("name") is None and "name" in cfg.logger:  # a single run: a readable W&B name
+            cfg.logger.name = f"{cfg.quant.name}-{cfg.mode.name}-{cfg.data.name}-seed{cfg.seed}"
     if cfg.get("compile_cache"):
         enable_compile_cache(cfg.compile_cache)
+
+
+def resume_command(hc: DictConfig) -> str:
+    """The exact command that resumes this job (Hydra's config of the job: ``HydraConfig.get()``)."""
+    if hc.mode == RunMode.MULTIRUN:
+        return f"rerun the same multirun with hydra.sweep.dir={shlex.quote(str(hc.sweep.dir))}"
+    overrides = [o for o in OmegaConf.to_container(hc.overrides.task) if not o.startswith("hydra.run.dir=")]
+    args = ["python", "-m", "snnexp", *overrides, f"hydra.run.dir={hc.runtime.output_dir}"]
+    return " ".join(shlex.quote(a) for a in args)
