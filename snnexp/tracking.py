@@ -12,23 +12,42 @@ from __future__ import annotations
 import json
 import logging
 import math
+import netrc
 import os
 import secrets
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
 
+def has_api_key() -> bool:
+    """Whether W&B would find an API key: ``WANDB_API_KEY``, or ``wandb login``'s entry in ``~/.netrc``.
+
+    The netrc entry is the one for the host of ``WANDB_BASE_URL`` (default
+    ``api.wandb.ai``), as W&B itself looks it up; ``NETRC`` names another file.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
 def wandb_mode(requested: str | None) -> str:
-    """Picks the W&B mode: the config's, else ``WANDB_MODE``, else offline without an API key."""
+    """Picks the W&B mode: the config's, else ``WANDB_MODE``, else online with an API key, offline without."""
     if requested:
         return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if has_api_key() else "offline"
 
 
 def _new_run_id() -> str:
@@ -171,13 +190,17 @@ class Tracker:
         self.finish(exit_code=1)
 
     def finish(self, exit_code: int = 0) -> None:
-        """Closes the W&B run (before the next job of a sweep starts)."""
+        """Closes the W&B run (before the next job of a sweep starts); says how to upload an offline one."""
         if self.run is not None:
+            offline = bool(getattr(self.run, "offline", False) or getattr(self.run.settings, "_offline", False))
+            run_dir = Path(self.run.dir).parent  # <out>/wandb/offline-run-<time>-<id>
             try:
                 self.run.finish(exit_code=exit_code)
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B finish failed (%s)", e)
             self.run = None
+            if offline:
+                log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
