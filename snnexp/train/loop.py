@@ -25,6 +25,7 @@ from flax import nnx
 from snnexp import checkpoint, tracking
 from snnexp.data import Dataset
 from snnexp.errors import NumericalError
+from snnexp.progress import EpochBar
 from snnexp.train.signals import StopFlag
 from snnexp.train.steps import calibrate_step, eval_step, train_steps
 
@@ -211,26 +212,38 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
 
     first_call = True
     for epoch in range(progress.epoch + 1, epochs + 1):
+        t_epoch = time.perf_counter()
         perm = jax.device_put(epoch_perm(s.seed, phase, epoch, n, s.batch_size))
-        for start, stop in step_chunks(progress.step, steps_per_epoch, k, first=first_call):
-            first_call = False
-            t0 = time.perf_counter()
-            losses = np.asarray(train_steps(model, opt, trainer.arrays.x_train, trainer.arrays.y_train, perm,
-                                            np.int32(start), np.int32(stop)))[start:stop]
-            dt = time.perf_counter() - t0
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                raise _nan_error(phase, "training loss", f"is {losses[bad[0]]} at epoch {epoch}, step "
-                                 f"{start + bad[0] + 1}/{steps_per_epoch}", trainer)
-            progress.step = stop
-            progress.steps += stop - start
-            progress.seconds += dt
-            progress.losses += [float(v) for v in losses]
-            if stop < steps_per_epoch and trainer.stop.signum is not None:
-                save()
-                trainer.stop.check(f"in {phase} epoch {epoch} at step {stop}/{steps_per_epoch}")
+        bar = EpochBar(phase, epoch, epochs, steps_per_epoch, progress.step)
+        try:
+            for start, stop in step_chunks(progress.step, steps_per_epoch, k, first=first_call):
+                if first_call:
+                    log.info("[%s] compiling the training step (the first call runs one step)", phase)
+                t0 = time.perf_counter()
+                losses = np.asarray(train_steps(model, opt, trainer.arrays.x_train, trainer.arrays.y_train, perm,
+                                                np.int32(start), np.int32(stop)))[start:stop]
+                dt = time.perf_counter() - t0
+                if first_call:
+                    log.info("[%s] first step done in %.1f s", phase, dt)
+                    first_call = False
+                bad = np.flatnonzero(~np.isfinite(losses))
+                if bad.size:
+                    raise _nan_error(phase, "training loss", f"is {losses[bad[0]]} at epoch {epoch}, step "
+                                     f"{start + bad[0] + 1}/{steps_per_epoch}", trainer)
+                progress.step = stop
+                progress.steps += stop - start
+                progress.seconds += dt
+                progress.losses += [float(v) for v in losses]
+                bar.update(stop, float(losses[-1]), (stop - start) / max(dt, 1e-9))
+                if stop < steps_per_epoch and trainer.stop.signum is not None:
+                    save()
+                    trainer.stop.check(f"in {phase} epoch {epoch} at step {stop}/{steps_per_epoch}")
+        finally:
+            bar.close()
+        t_train = time.perf_counter() - t_epoch
         train_loss = float(np.mean(np.asarray(progress.losses, np.float32)))
         ev = evaluate(model, trainer.arrays, s.eval_batch_size)
+        t_eval = time.perf_counter() - t_epoch - t_train
         if not np.isfinite(ev["loss"]):
             raise _nan_error(phase, "test loss", f"is {ev['loss']} after epoch {epoch}: the parameters hold "
                              "NaN or inf", trainer)
@@ -246,8 +259,9 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
             },
             step=epoch0 + epoch,
         )
-        log.info("[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f",
-                 phase, epoch, epochs, train_loss, 100 * ev["accuracy"], ev["spike_rate"]["mean"])
+        log.info("[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f  %.1f s (train %.1f s, eval %.1f s)",
+                 phase, epoch, epochs, train_loss, 100 * ev["accuracy"], ev["spike_rate"]["mean"],
+                 t_train + t_eval, t_train, t_eval)
         if epoch == epochs or epoch % s.checkpoint_every == 0 or trainer.stop.signum is not None:
             save()
         trainer.stop.check(f"after {phase} epoch {epoch}")
