@@ -100,8 +100,9 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_finishes_identically(tmp_path):
     time.sleep(0.3)  # inside epoch 2
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + signal.SIGTERM
     assert "SIGTERM" in log
+    assert re.search(rf"To resume: python -m snnexp .*hydra\.run\.dir={re.escape(str(out))}$", log, flags=re.M)
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "preempted" and "SIGTERM" in status["error"]
     assert (out / "checkpoints" / "train").is_dir()
