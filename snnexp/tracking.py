@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from flax import traverse_util
+
 log = logging.getLogger(__name__)
 
 
@@ -203,16 +205,9 @@ class Tracker:
                 log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
 
 
-def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """``{"spike_rate": {"mean": r}}`` -> ``{"spike_rate/mean": r}``."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
+    return traverse_util.flatten_dict(dict(metrics), sep="/")
 
 
 clean = _clean
