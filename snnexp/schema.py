@@ -466,41 +466,37 @@ def _resolved(cfg: DictConfig, key: str) -> Any:
 
 
 def _check_target_node(group: str, path: str, node: Any) -> None:
-    """Checks a ``_target_`` node against the option kind of its target (or the target's signature)."""
+    """Checks a ``_target_`` node against the option kind of its target, and the target's signature."""
     if not isinstance(node, dict):
         raise ConfigError(f"{path}={node!r} must be a config node with a _target_")
     target = node.get("_target_")
     if not isinstance(target, str) or not target:
         raise ConfigError(f"{path}._target_={target!r} must name what to build (a dotted import path)")
-    known = BY_TARGET[group].get(target)
-    fields = _fields_of(known if known is not None else Mode if group == "mode" else Target)
-    if known is None:
-        try:
-            func = _import(target)
-        except Exception as e:  # noqa: BLE001 - any import error means the same to a user
+    kind = BY_TARGET[group].get(target)
+    try:
+        taken = _signature_fields(_import(target), BOUND[group])
+    except Exception as e:  # noqa: BLE001 - any import error means the same to a user
+        if kind is None:
             raise ConfigError(f"{path}._target_={target!r} is not a function snnexp can import "
                               f"({str(e).splitlines()[0]})") from None
-        extra = _signature_fields(func, BOUND[group])
-        if group == "mode":
-            for name in PIPELINES:  # the other modes' knobs
-                extra = {**_signature_fields(_import(f"snnexp.train.pipelines.{name}"), BOUND[group]), **extra}
-            extra = {k: (tp, _mode_check(k)) for k, (tp, _) in (extra or {}).items()}
-        if extra is None:  # takes **kwargs: anything goes beyond the typed keys
-            fields = {**fields, **{k: (Any, None) for k in node if k not in fields}}
-        else:
-            fields = {**extra, **fields}
-    else:
-        func = None
-        try:
-            func = _import(target)
-        except Exception:  # noqa: BLE001, S110 - a known target; extras are optional
-            pass
-        extra = _signature_fields(func, BOUND[group]) if func is not None else {}
-        fields = {**(extra or {}), **fields}  # a key added to the target and its YAML together
-    _check_node(group, f"{path}", node, fields, f" ({target})")
+        taken = {}  # a known target that does not import here: building it says why
+    if kind is not None and taken is None:
+        taken = {}  # its dataclass names every key
+    if group == "mode" and taken is not None:
+        for name in PIPELINES:  # the knobs of the other modes, which this one ignores
+            others = _signature_fields(_import(f"snnexp.train.pipelines.{name}"), BOUND[group]) or {}
+            taken = {**others, **taken}
+        taken = {k: (tp, _mode_check(k)) for k, (tp, _) in taken.items()}
+    fields = _fields_of(kind or (Mode if group == "mode" else Target))
+    if taken is None:  # takes **kwargs: any further key, untyped
+        fields = {**{k: (Any, None) for k in node}, **fields}
+    else:  # a key the target takes but no dataclass names (added to the target and its YAML together)
+        fields = {**taken, **fields}
+    _check_node(group, path, node, fields, f" ({target})")
 
 
 def _mode_check(key: str) -> Check | None:
+    """The range of a pipeline knob, by its name (``*epochs`` and ``*batches``: counts)."""
     if key in MODE_CHECKS:
         return MODE_CHECKS[key]
     if key.endswith(("epochs", "batches")):
@@ -558,6 +554,8 @@ def _signature_fields(func: Any, bound: set[str]) -> dict[str, Field] | None:
         ``{name: (type, None)}``, ``Any`` where a hint is missing or foreign;
         ``None`` when ``func`` takes ``**kwargs``.
     """
+    if inspect.isclass(func):  # an nnx.Module's metaclass hides the signature of __init__
+        func = func.__init__
     try:
         sig = inspect.signature(func, eval_str=True)
     except (NameError, TypeError, ValueError):
