@@ -90,7 +90,7 @@ def one_of(choices: Sequence[Any]) -> Check:
 
 
 def _exists(path: str) -> bool:
-    return Path(path).expanduser().exists()
+    return Path(path).exists()  # as build.pipeline and the pipelines read it
 
 
 POSITIVE = "{key} must be positive, got {value!r} ({allowed})"  # the data loaders' wording
