@@ -6,7 +6,15 @@ from typing import Any
 
 
 def results_table(result: dict[str, Any]) -> str:
-    """Formats the final console table of a run from its metrics."""
+    """Formats the final console table of a run from its metrics.
+
+    Args:
+        result: the run's ``metrics.json`` content; keys an older run lacks
+            (``weight_bytes_packed``, the AC/MAC split) print as ``-``.
+
+    Returns:
+        The table, one ``| name | value |`` row per metric.
+    """
 
     def fmt(v: Any) -> str:
         if v is None:
@@ -22,8 +30,11 @@ def results_table(result: dict[str, Any]) -> str:
         ("accuracy drop", fmt(result["accuracy_drop"])),
         ("weight bytes fp32", fmt(result["weight_bytes_fp32"])),
         ("weight bytes quant", fmt(result["weight_bytes_quant"])),
+        ("weight bytes packed", fmt(result.get("weight_bytes_packed"))),
         ("bits per weight", fmt(result["bits_per_weight"])),
         ("spike rate (mean)", fmt(result["spike_rate"]["mean"])),
+        ("synaptic ACs / sample", fmt(result.get("synaptic_acs_per_sample"))),
+        ("synaptic MACs / sample", fmt(result.get("synaptic_macs_per_sample"))),
         ("synaptic ops / sample", fmt(result["synaptic_ops_per_sample"])),
         ("train time (s)", fmt(result["train_time_s"])),
         ("steps / s", fmt(result["steps_per_s"])),

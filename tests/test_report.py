@@ -267,7 +267,7 @@ def test_drop_grid_and_importance(runs_root):
     w8 = runs.table[(runs.table["recipe"] == "w8a8") & (runs.table["mode"] == "qat")]
     assert grid.loc[("w8a8", "qat"), "drop"] == pytest.approx(100 * w8["accuracy_drop"].mean())
     imp = analysis.importance(runs.table, swept_keys(runs.table), runs.sweepers["sweep"])
-    assert set(imp["values"]) <= {"quant", "mode"} and imp["values"]
+    assert set(imp["values"]) <= {"quant", "mode"} and imp["values"], imp
     assert sum(imp["values"].values()) == pytest.approx(1.0)
     assert imp["evaluator"].endswith("ImportanceEvaluator") and "run table" in imp["basis"]
 

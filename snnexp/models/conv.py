@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from spyx.nn import LI
 
+from snnexp.models.decays import parameterise_decays
 from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, li_readout, run_time
 from snnexp.quant.conv import conv_as_dot_general
 
@@ -87,7 +88,8 @@ class ConvSNN(nnx.Module):
             pooling: ``"max"`` or ``"avg"``.
             image: ``[C, H, W]`` of one frame; ``None`` infers a square frame
                 from ``n_in``: ``2*H*H`` (ON/OFF polarity) or else ``H*H``.
-            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            readout_beta: decay of the LI readout, fixed; ``None`` learns one per
+                class (``snnexp.models.decays``: the decays of ``neuron`` too).
             impl: ``"patches"`` or ``"lax"`` (see the class docstring).
             rngs: random streams for the parameters.
         """
@@ -120,6 +122,7 @@ class ConvSNN(nnx.Module):
         self.neurons = nnx.List(neurons)
         self.readout = nnx.Linear(c * h * w, n_out, rngs=rngs)
         self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+        parameterise_decays(self)  # a given decay stays fixed, a learned one trains as a logit
 
     @staticmethod
     def _image_shape(n_in: int, image: Sequence[int] | None) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from spyx.nn import LI
 
+from snnexp.models.decays import parameterise_decays
 from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, li_readout, run_time
 
 
@@ -44,7 +45,8 @@ class FeedForwardSNN(nnx.Module):
             n_out: number of classes.
             neuron: a spyx neuron class (or partial) called as
                 ``neuron(hidden_shape=(h,), rngs=rngs)``.
-            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            readout_beta: decay of the LI readout, fixed; ``None`` learns one per
+                class (``snnexp.models.decays``: the decays of ``neuron`` too).
             rngs: random streams for the parameters.
         """
         if not hidden:
@@ -57,6 +59,7 @@ class FeedForwardSNN(nnx.Module):
         self.neurons = nnx.List([neuron(hidden_shape=(h,), rngs=rngs) for h in hidden])
         self.readout = nnx.Linear(hidden[-1], n_out, rngs=rngs)
         self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+        parameterise_decays(self)  # a given decay stays fixed, a learned one trains as a logit
 
     def _init_layers(self, hidden: Sequence[int], *, rngs: nnx.Rngs) -> None:
         """Creates a subclass's extra per-layer modules, after ``fc`` and before the neurons.

@@ -74,7 +74,8 @@ class RecurrentSNN(FeedForwardSNN):
             n_out: number of classes.
             neuron: a spyx neuron class (or partial) called as
                 ``neuron(hidden_shape=(h,), rngs=rngs)``.
-            readout_beta: decay of the LI readout; ``None`` learns one per class.
+            readout_beta: decay of the LI readout, fixed; ``None`` learns one per
+                class (``snnexp.models.decays``: the decays of ``neuron`` too).
             rec_gain: the recurrent kernels start as an orthogonal matrix times
                 ``rec_gain / sqrt(H)``; 0 starts without feedback.
             rngs: random streams for the parameters.

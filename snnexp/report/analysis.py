@@ -154,7 +154,7 @@ def study_from_table(runs: pd.DataFrame, keys: Sequence[str], objective: str, di
     """An in-memory optuna study holding one complete trial per finished run.
 
     Args:
-        runs: finished runs (rows of the run table) with ``override/<key>`` and ``objective`` columns.
+        runs: finished runs (rows of the run table) with ``param/<key>`` and ``objective`` columns.
         keys: the swept override keys to use as parameters.
         objective: the metric column to use as the trial value.
         direction: ``maximize`` or ``minimize``.
@@ -169,7 +169,7 @@ def study_from_table(runs: pd.DataFrame, keys: Sequence[str], objective: str, di
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    values = {k: runs[f"override/{k}"].fillna("<unset>").astype(str).tolist() for k in keys}
+    values = {k: runs[f"param/{k}"].fillna("<unset>").astype(str).tolist() for k in keys}
     dists = {k: _distribution(v, (specs or {}).get(k)) for k, v in values.items()}
     dists = {k: v for k, v in dists.items() if v is not None}
     if not dists:

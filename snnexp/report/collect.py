@@ -3,7 +3,9 @@
 A Hydra multirun leaves one directory per job with its ``.hydra/overrides.yaml``,
 resolved ``config.yaml``, ``metrics.json``, ``history.jsonl`` and
 ``status.json``. This module reads them into flat columns that every view and
-``results.csv`` share: ``override/<key>`` per override, the config fields of
+``results.csv`` share: ``override/<key>`` per override, ``param/<key>`` (the value
+every run used for each key some run overrode: its override, else its
+config's value or group choice), the config fields of
 :data:`CONFIG_COLUMNS`, every metric flattened (``spike_rate/mean``), the
 status and its error, and ``last_epoch`` for runs still going. Nothing here
 draws or formats HTML.
@@ -60,7 +62,8 @@ class Runs:
         history: one row per run, epoch and phase: ``id``, ``epoch``, ``step``,
             ``phase`` (``fp32`` or ``quant``) and that phase's metrics
             (``test_accuracy``, ``train_loss``, ...).
-        sweepers: per ``sweep`` (the name of a directory given), what ran it: ``kind`` (``optuna`` or ``basic``),
+        sweepers: per ``sweep`` (the multirun folder of a run, named from the directory given: ``runs/search``),
+            what ran it: ``kind`` (``optuna`` or ``basic``),
             ``direction``, ``study_name``, ``storage`` and ``params`` (the
             search space as Hydra wrote it).
         sources: the ``--label`` labels in the order given (``[""]`` when not comparing).
@@ -168,17 +171,18 @@ def _status(run_dir: Path, status: Mapping, metrics: Any, history: list, problem
     return "incomplete", ""
 
 
-def read_run(run_dir: Path, name: str, source: str, sweep: str) -> tuple[dict[str, Any], list[dict], dict | None]:
+def read_run(run_dir: Path, name: str, source: str, sweep: str) -> tuple[dict, list[dict], dict | None, Any]:
     """Read one run directory.
 
     Args:
         run_dir: the job's directory.
         name: the short name shown in the report.
         source: the ``--label`` of the directory it was found under ("" when not comparing).
-        sweep: the name of that directory.
+        sweep: the name of its multirun folder.
 
     Returns:
-        The table row, the history rows and the ``hydra.sweeper`` config (None without ``.hydra/hydra.yaml``).
+        The table row, the history rows, the ``hydra.sweeper`` config (None without ``.hydra/hydra.yaml``)
+        and a function giving the value any config key had in the run (a group key: its choice).
     """
     problems: list[str] = []
     row: dict[str, Any] = {"run": name, "run_dir": str(run_dir.resolve()), "source": source, "sweep": sweep}
@@ -192,6 +196,8 @@ def read_run(run_dir: Path, name: str, source: str, sweep: str) -> tuple[dict[st
     metrics = _load(run_dir / "metrics.json", problems)
     status = _load(run_dir / "status.json", problems)
     history = read_history(run_dir / "history.jsonl")
+    hydra = _load(run_dir / ".hydra" / "hydra.yaml", problems) if (run_dir / ".hydra").is_dir() else None
+    row["trial"] = dig(hydra, "hydra.job.num")
     row["status"], error = _status(run_dir, status if isinstance(status, Mapping) else {}, metrics, history,
                                    problems)
     row["error"] = "; ".join([e for e in (error, *problems) if e])
@@ -202,9 +208,13 @@ def read_run(run_dir: Path, name: str, source: str, sweep: str) -> tuple[dict[st
     row["last_epoch"] = max((h.get("epoch", h.get("step", 0)) for h in history), default=None)
     row["config_key"] = " ".join(sorted(o for o in overrides if override_key(o) != "seed")) or " ".join(
         f"{c}={row[c]}" for c in ("recipe", "mode", "neuron", "data") if row[c] is not None)
-    hydra = _load(run_dir / ".hydra" / "hydra.yaml", problems) if (run_dir / ".hydra").is_dir() else None
-    row["trial"] = dig(hydra, "hydra.job.num")
-    return row, history, dig(hydra, "hydra.sweeper")
+    choices = dig(hydra, "hydra.runtime.choices") or {}
+
+    def used(key: str) -> str | None:  # the value a key had in this run: a group's choice, or the config value
+        value = choices.get(key) if key in choices else dig(cfg, key)
+        return None if value is None or isinstance(value, Mapping | list) else str(value)
+
+    return row, history, dig(hydra, "hydra.sweeper"), used
 
 
 def _display_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -282,12 +292,15 @@ def collect(dirs: Iterable[str | Path], labels: Sequence[str] | None = None) -> 
         if not runs:
             raise ReportError(f"{d}: holds no runs (no folder with metrics.json, status.json, config.yaml "
                               "or .hydra/)")
-        found += [(p, label, sweep) for p in runs if p.resolve() not in seen]
+        for p in runs:  # a run's sweep: the multirun folder holding it, named from the directory given
+            inner = p.parent.relative_to(d) if p != d else Path(".")
+            found += [] if p.resolve() in seen else [(p, label, sweep if str(inner) == "." else f"{sweep}/{inner}")]
         seen.update(p.resolve() for p in runs)
-    rows, hist, sweepers = [], [], {}
+    rows, hist, sweepers, used = [], [], {}, []
     for i, ((path, label, sweep), name) in enumerate(zip(found, _display_names([p for p, _, _ in found]))):
-        row, history, sweeper = read_run(path, name, label, sweep)
+        row, history, sweeper, lookup = read_run(path, name, label, sweep)
         rows.append(row)
+        used.append(lookup)
         if sweeper is not None:
             sweepers.setdefault(sweep, _sweeper_info(sweeper))
         for h in history:
@@ -295,23 +308,27 @@ def collect(dirs: Iterable[str | Path], labels: Sequence[str] | None = None) -> 
             for phase in sorted(phases):
                 hist.append({"id": i, "epoch": h.get("epoch", h.get("step")), "step": h.get("step"), "phase": phase,
                              **{k.split("/", 1)[1]: v for k, v in h.items() if k.startswith(phase + "/")}})
-    for sweep in names:
+    for _, _, sweep in found:
         sweepers.setdefault(sweep, _sweeper_info(None))
+    keys = sorted({c.removeprefix("override/") for r in rows for c in r if c.startswith("override/")} - PRESET_KEYS,
+                  key=natural_key)
+    for row, lookup in zip(rows, used):  # param/<key>: what each run used for every key some run overrode
+        for key in keys:
+            row[f"param/{key}"] = row.get(f"override/{key}") or lookup(key)
     table = _tidy(rows)
     overrides = sorted((c for c in table.columns if c.startswith("override/")), key=natural_key)
-    head = [*ID_COLUMNS, *overrides, *CONFIG_COLUMNS, "last_epoch"]
+    head = [*ID_COLUMNS, *overrides, *(f"param/{k}" for k in keys), *CONFIG_COLUMNS, "last_epoch"]
     table = table[head + [c for c in table.columns if c not in head]]
     history = pd.DataFrame(hist, columns=None if hist else ["id", "epoch", "step", "phase", "test_accuracy"])
     return Runs(table=table, history=history, sweepers=sweepers, sources=list(dict.fromkeys(sources)))
 
 
 def swept_keys(table: pd.DataFrame) -> list[str]:
-    """The override keys whose value differs between runs (presets such as ``debug`` left out)."""
+    """The overridden keys whose value (``param/<key>``) differs between runs (presets such as ``debug`` left out)."""
     keys = []
     for col in table.columns:
-        if col.startswith("override/") and col.removeprefix("override/") not in PRESET_KEYS:
-            if table[col].fillna("<unset>").nunique() > 1:
-                keys.append(col.removeprefix("override/"))
+        if col.startswith("param/") and table[col].fillna("<unset>").nunique() > 1:
+            keys.append(col.removeprefix("param/"))
     return keys
 
 

@@ -138,7 +138,7 @@ def parallel(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figu
     dims = [dict(label="run", **_axis_values(runs["run"]))]
     if style.compare:
         dims.append(dict(label="source", **_axis_values(runs["source"])))
-    dims += [dict(label=key, **_axis_values(runs[f"override/{key}"])) for key in swept]
+    dims += [dict(label=key, **_axis_values(runs[f"param/{key}"])) for key in swept]
     if objective != "quant_accuracy" and "quant_accuracy" in runs:
         dims.append(dict(label="quant accuracy (%)", values=(100 * runs["quant_accuracy"]).tolist()))
     obj = pd.to_numeric(runs[objective]) * (100 if "accuracy" in objective else 1)
@@ -201,13 +201,13 @@ def objective_vs_params(table: pd.DataFrame, style: Style, swept: Sequence[str],
     objective = str(table["objective"].dropna().mode().iat[0]) if table["objective"].notna().any() \
         else "quant_accuracy"
     runs = ok_runs(table, objective)
-    keys = [k for k in (list(specs) or swept) if f"override/{k}" in runs]
+    keys = [k for k in (list(specs) or swept) if f"param/{k}" in runs]
     if runs.empty or not keys:
         return None
     scale = 100 if "accuracy" in objective else 1
     fig = make_subplots(rows=1, cols=len(keys), shared_yaxes=True, horizontal_spacing=0.05)
     for k, key in enumerate(keys, start=1):
-        raw = runs[f"override/{key}"]
+        raw = runs[f"param/{key}"]
         nums = pd.to_numeric(raw, errors="coerce")
         x = nums.tolist() if nums.notna().all() else raw.astype(str).tolist()
         before = len(fig.data)

@@ -74,7 +74,7 @@ def console_table(table: pd.DataFrame) -> str:
     if table["source"].ne("").any():
         cols.append(("source", "source"))
     cols += [("status", "status"), ("recipe", "recipe"), ("mode", "mode"), ("seed", "seed"),
-             *((k, f"override/{k}") for k in swept), ("quant acc", "quant_accuracy"), ("drop", "accuracy_drop"),
+             *((k, f"param/{k}") for k in swept), ("quant acc", "quant_accuracy"), ("drop", "accuracy_drop"),
              ("bytes", "memory_bytes"), ("epoch", "last_epoch"), ("error", "error")]
     cells = [[_cell(k, row.get(k)) if not (k == "error" and row.get("status") == "ok") else ""
               for _, k in cols] for row in table.to_dict("records")]

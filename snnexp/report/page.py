@@ -83,6 +83,11 @@ def table_columns(table: pd.DataFrame) -> list[str]:
     return head + [c for c in cols if c not in head and c not in tail and c not in ("source",)] + tail
 
 
+def facet(value: Any) -> str:
+    """A value as the filter bar names it ("–" when missing, e.g. the recipe of a run that wrote no config)."""
+    return "–" if _missing(value) else str(value)
+
+
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as dicts of Python values (pandas' missing values as None)."""
     return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
@@ -124,10 +129,10 @@ def build_figures(runs: Runs) -> dict[str, Any]:
             "name": sweep, "study": info.get("study_name"), "direction": info.get("direction", "maximize"),
             "history": figures.optuna_history(part, style, keys, info.get("direction", "maximize")),
             "params": figures.objective_vs_params(part, style, keys, info.get("params") or {})})
-    facets = {str(i): {"recipe": str(r.recipe), "mode": str(r.mode), "status": str(r.status),
-                       "source": str(r.source)} for i, r in zip(table.index, table.itertuples())}
-    facets.update({f"g{i}": {"recipe": str(s.recipe), "mode": str(s.mode), "status": "ok", "source": str(s.source)}
-                   for i, s in zip(stats.index, stats.itertuples())})
+    facets = {str(i): {"recipe": facet(r.recipe), "mode": facet(r.mode), "status": facet(r.status),
+                       "source": facet(r.source)} for i, r in zip(table.index, table.itertuples())}
+    facets.update({f"g{i}": {"recipe": facet(s.recipe), "mode": facet(s.mode), "status": "ok",
+                             "source": facet(s.source)} for i, s in zip(stats.index, stats.itertuples())})
     return {
         "figures": {
             "pareto": figures.pareto(table, style, swept), "energy": figures.energy(table, style, swept),
@@ -157,7 +162,8 @@ def render(runs: Runs, dirs: list[str | Path], *, refresh_s: float | None = None
     ok = analysis.ok_runs(table)
     best = ok.sort_values(["quant_accuracy", "memory_bytes"], ascending=[False, True]).head(1)
     bad = table[table["status"] != "ok"]
-    filters = {"recipe": style.recipes, "mode": style.modes,
+    filters = {"recipe": style.recipes + ["–"] * bool(table["recipe"].isna().any()),
+               "mode": style.modes + ["–"] * bool(table["mode"].isna().any()),
                "status": sorted(table["status"].unique(), key=lambda s: ["ok", "running"].index(s)
                                 if s in ("ok", "running") else 2)}
     if style.compare:

@@ -95,7 +95,7 @@ def hover(row: pd.Series, swept: Sequence[str] = ()) -> str:
         lines.append(f"source: {e(str(row['source']))}")
     lines.append(f"{e(str(row.get('recipe')))} / {e(str(row.get('mode')))} · {e(str(row.get('status')))}")
     for key in swept:
-        value = row.get(f"override/{key}")
+        value = row.get(f"param/{key}")
         if value is not None and not pd.isna(value):
             lines.append(f"{e(key)} = {e(str(value))}")
     lines.append(f"quant acc {pct(row.get('quant_accuracy'))} · fp32 acc {pct(row.get('fp32_accuracy'))}")

@@ -1,6 +1,6 @@
 """``run(cfg, out_dir)``: one composed experiment, from config to recorded metrics.
 
-The flow: check the config (before any data loads), build data, model and
+The flow: check the config (``snnexp.schema``, before any data loads), build data, model and
 optimizer (``snnexp.build``), call the mode's pipeline
 (``snnexp.train.pipelines``), record the metrics locally and in W&B. A
 rerun into the same directory resumes (``snnexp.rundir``); a finished run is
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from snnexp import build, checkpoint
+from snnexp import build, checkpoint, schema
 from snnexp.compile_stats import CompileStats
 from snnexp.console import results_table
 from snnexp.rundir import RunDir
@@ -50,6 +50,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         log.info("%s already finished; skipping (resume=false runs it again)", rd.path)
         return finished
     try:
+        schema.validate(cfg)  # every key's type and range, before anything is built
         rules = build.rules(cfg)
         settings = build.loop_settings(cfg)
         pipeline = build.pipeline(cfg)

@@ -166,9 +166,8 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
         "bits_per_weight": metrics.bits_per_weight(deployed),
         "spike_rate": rates,
         "fp32_spike_rate": fp32["spike_rate"] if fp32 else None,
-        "synaptic_ops_per_sample": metrics.synaptic_ops(
-            setup.input_mean, layer_rates, setup.model.synapses(), setup.sample.shape[1]
-        ),
+        **metrics.deployed_metrics(deployed, setup.rules, setup.trainer.arrays.x_test, layer_rates,
+                                   setup.model.synapses()),  # packed bytes, ACs/MACs, sparsity
         "train_time_s": train_time,
         "train_steps": steps,
         "steps_per_s": steps / train_time if train_time > 0 else None,

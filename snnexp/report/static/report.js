@@ -187,13 +187,28 @@
         th.addEventListener("click", function () { sortTable(t, i, th); });
       });
     });
-    var st = document.body.dataset.refresh ? restoreState() : null;
+    var refresh = Number(document.body.dataset.refresh || 0);
+    var testing = location.hash.indexOf("selftest") >= 0;
+    var reloads = 0;
+    try { reloads = Number(sessionStorage.getItem(STATE_KEY + ":reloads") || 0); } catch (e) { reloads = 0; }
+    var st = refresh ? restoreState() : null;
     var ready = Promise.all(jobs).then(applyFilter).then(function () { if (st) window.scrollTo(0, st.y); });
-    if (document.body.dataset.refresh) {
-      setTimeout(function () { saveState(); location.reload(); }, 1000 * Number(document.body.dataset.refresh));
+    window.__report = { ready: ready, applyFilter: applyFilter, plots: PLOTS, sortTable: sortTable, reloads: reloads,
+      restored: st ? st.sel : null };
+    // While --watch rewrites the page: reload it, keeping filter and scroll (the self-test reloads once).
+    if (refresh && !(testing && reloads >= 1)) {
+      if (testing) ready.then(function () {  // a filter state that must survive the reload
+        var boxes = document.querySelectorAll('#filters fieldset[data-filter="mode"] input');
+        if (boxes.length) { boxes[boxes.length - 1].checked = false; applyFilter(); }
+      });
+      setTimeout(function () {
+        saveState();
+        try { sessionStorage.setItem(STATE_KEY + ":reloads", String(reloads + 1)); } catch (e) { /* no storage */ }
+        location.reload();
+      }, 1000 * refresh);
+    } else if (testing && window.__reportSelfTest) {
+      ready.then(window.__reportSelfTest);
     }
-    window.__report = { ready: ready, applyFilter: applyFilter, plots: PLOTS, sortTable: sortTable };
-    if (location.hash.indexOf("selftest") >= 0 && window.__reportSelfTest) ready.then(window.__reportSelfTest);
   }
 
   init();

@@ -1,10 +1,10 @@
 /* Self-test of the report page, run when the page is opened with #selftest (the browser test does):
  * checks that every figure rendered, that the filter bar filters figures and table, and that sorting
- * sorts; writes the results as JSON into <pre id="selftest-result"> for `chromium --dump-dom` to read. */
+ * sorts; writes the results as JSON into a pre element (id selftest-result) for `chromium --dump-dom`. */
 window.__reportSelfTest = function () {
   "use strict";
   var R = window.__report;
-  var out = { errors: [], plots: [], filter: null, sort: null };
+  var out = { errors: [], plots: [], filter: null, sort: null, reloads: R.reloads, restored: R.restored };
   var runs = document.querySelector("table.runs");
 
   function points(div, role) {
