@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from snnexp import launch
+from snnexp import launch, schema
 from snnexp.errors import USER_ERRORS
 from snnexp.train import Preempted, run
 
@@ -32,10 +32,11 @@ log = logging.getLogger("snnexp")
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Runs one job; returns its objective (``quant_accuracy``) to a sweeper."""
-    launch.configure(cfg)
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
+        schema.validate(cfg)  # before the launch settings read the config (run() checks again)
+        launch.configure(cfg)
         metrics = run(cfg, out_dir)
     except Preempted as e:
         print(f"snnexp: {e}.\nTo resume: {launch.resume_command(hc)}", file=sys.stderr)
