@@ -174,7 +174,8 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     net = model(cfg, data.features, data.n_classes)
     bs, ebs, t = settings.batch_size, settings.eval_batch_size, data.steps
     quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
-    sample = jnp.asarray(data.x_train[:1])
+    # analog if any input is: quant.quantize decides from it whether the input layer is fed spikes
+    sample = jnp.asarray(quant.representative_sample(data.x_train))
     quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
     return net, sample
 

@@ -4,6 +4,12 @@ Both kinds are atomic: orbax writes into a temporary directory and renames it
 when complete, so a run killed during a save leaves the previous checkpoint
 intact. The training state (model, optimizer, where the loop stands) is kept
 by a ``CheckpointManager`` holding the two latest saves.
+
+orbax cannot store every dtype qwix uses: ``nf4`` codes are ``uint4``
+(orbax: ``Unsupported data type: "uint4"``). ``save`` stores such an array
+widened to a dtype orbax takes (``uint8``), records the original dtype in the
+checkpoint's own metadata (written inside the same atomic save), and
+``restore`` narrows it back, exactly: every code fits both dtypes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -21,8 +28,39 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
+# dtypes orbax cannot store -> the dtype they are stored in (holding every value exactly).
+WIDENED = {"uint4": "uint8", "uint2": "uint8"}
+
+# Attributes of a model that ``save`` records in the checkpoint's metadata and
+# ``info`` returns (``snnexp.quant.quantize`` sets ``analog_inputs``).
+MODEL_INFO = ("analog_inputs",)
+
+
+def _leaf_name(path: tuple) -> str:
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    return "/".join(k for k in keys if k not in ("value", ".value"))
+
+
+def _widen(tree: Any) -> tuple[Any, dict[str, str]]:
+    """``tree`` with every leaf of a ``WIDENED`` dtype widened; ``{leaf name: original dtype}``."""
+    widened: dict[str, str] = {}
+
+    def widen(path: tuple, leaf: Any) -> Any:
+        dtype = str(getattr(leaf, "dtype", ""))
+        if dtype in WIDENED:
+            widened[_leaf_name(path)] = dtype
+            return jnp.asarray(leaf).astype(WIDENED[dtype])
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(widen, tree), widened
+
+
 def save(path: Path, model: nnx.Module) -> Path:
     """Saves every variable of ``model`` (params, quantization scales, stats).
+
+    Arrays of a ``WIDENED`` dtype (qwix's ``uint4`` nf4 codes) are stored
+    widened; their dtypes and the model's ``MODEL_INFO`` attributes go into
+    the checkpoint's metadata, in the same atomic save.
 
     Args:
         path: target directory; replaced if it exists.
@@ -32,20 +70,30 @@ def save(path: Path, model: nnx.Module) -> Path:
         The absolute checkpoint path.
     """
     path = Path(path).absolute()
+    state, widened = _widen(nnx.state(model))
+    meta = {"widened": widened, "model_info": {k: _plain(getattr(model, k)) for k in MODEL_INFO
+                                               if hasattr(model, k)}}
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, nnx.state(model), force=True)
+        ckptr.save(path, state, force=True, custom_metadata=meta)
         ckptr.wait_until_finished()
     return path
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def info(path: Path) -> dict[str, Any]:
+    """The ``MODEL_INFO`` recorded by ``save`` (``{}`` for a checkpoint written without it)."""
+    with ocp.StandardCheckpointer() as ckptr:
+        custom = ckptr.metadata(Path(path).absolute()).custom_metadata or {}
+    return dict(custom.get("model_info", {}))
 
 
 def _check_fits(path: Path, stored: Any, template: Any) -> None:
     """Raises ``CheckpointError`` naming the first parameter that differs."""
     def names(tree: Any) -> dict[str, Any]:
-        out = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-            out["/".join(k for k in keys if k not in ("value", ".value"))] = leaf
-        return out
+        return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     t_names, s_names = names(template), names(stored)
     missing = sorted(set(t_names) - set(s_names))
@@ -82,11 +130,23 @@ def restore(path: Path, model: nnx.Module) -> nnx.Module:
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    template = nnx.state(model)
+    template, widened = _widen(nnx.state(model))
     with ocp.StandardCheckpointer() as ckptr:
-        _check_fits(path, ckptr.metadata(path).item_metadata, template)
+        meta = ckptr.metadata(path)
+        _check_fits(path, meta.item_metadata, template)
+        stored = dict((meta.custom_metadata or {}).get("widened", {}))
+        if stored != widened:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: narrow dtypes {stored} in the checkpoint, "
+                f"{widened} in the model (was it written by another recipe?)"
+            )
         state = ckptr.restore(path, template)
-    nnx.update(model, state)
+
+    def narrow(p: tuple, leaf: Any) -> Any:
+        dtype = widened.get(_leaf_name(p))
+        return jnp.asarray(leaf).astype(dtype) if dtype else leaf
+
+    nnx.update(model, jax.tree_util.tree_map_with_path(narrow, state))
     return model
 
 

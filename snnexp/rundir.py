@@ -155,8 +155,10 @@ def load_deployed(run_dir: Path) -> tuple[DictConfig, nnx.Module]:
     rules = build.rules(cfg)
     model = build.model(cfg, net["n_in"], net["n_out"])
     sample = jnp.zeros((1, net["steps"], net["n_in"]), jnp.float32)
+    analog = checkpoint.info(run_dir / "checkpoints" / "quant").get("analog_inputs")  # as it was deployed
     if cfg.mode.name == "srq":
-        template = quant.quantize(quant.quantize(model, rules, "calibrate", sample), rules, "srq", sample)
+        calibrated = quant.quantize(model, rules, "calibrate", sample, analog_inputs=analog)
+        template = quant.quantize(calibrated, rules, "srq", sample, analog_inputs=analog)
     else:
-        template = quant.quantize(model, rules, "ptq", sample)
+        template = quant.quantize(model, rules, "ptq", sample, analog_inputs=analog)
     return cfg, checkpoint.restore(run_dir / "checkpoints" / "quant", template)

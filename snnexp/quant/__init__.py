@@ -10,16 +10,25 @@ from snnexp.quant.providers import (
     Mode,
     PtqProvider,
     QtProvider,
+    analog_calibration,
     check_shapes,
+    check_tiles,
+    input_layer,
+    is_spike_train,
     quantize,
+    representative_sample,
     spike_exact_calibration,
+    spike_range,
+    spike_scale,
     ternarize,
     ternary_ste,
+    tile_size,
     to_qwix_rules,
     weight_paths,
 )
 from snnexp.quant.recipes import (
     ACT_QTYPES,
+    BLOCK_SIZES,
     CALIBRATION_METHODS,
     FLOAT_QTYPES,
     INT_QTYPES,
@@ -30,7 +39,9 @@ from snnexp.quant.recipes import (
 )
 
 __all__ = [
-    "ACT_QTYPES", "CALIBRATION_METHODS", "FLOAT_QTYPES", "INT_QTYPES", "WEIGHT_QTYPES", "Mode", "PtqProvider",
-    "QtProvider", "RecipeError", "Rule", "check_shapes", "conv_as_dot_general", "parse_recipe", "quantize",
-    "spike_exact_calibration", "ternarize", "ternary_ste", "to_qwix_rules", "weight_paths",
+    "ACT_QTYPES", "BLOCK_SIZES", "CALIBRATION_METHODS", "FLOAT_QTYPES", "INT_QTYPES", "WEIGHT_QTYPES", "Mode",
+    "PtqProvider", "QtProvider", "RecipeError", "Rule", "analog_calibration", "check_shapes", "check_tiles",
+    "conv_as_dot_general", "input_layer", "is_spike_train", "parse_recipe", "quantize", "representative_sample",
+    "spike_exact_calibration", "spike_range", "spike_scale", "ternarize", "ternary_ste", "tile_size",
+    "to_qwix_rules", "weight_paths",
 ]

@@ -6,8 +6,15 @@ network fails silently in several ways (docs/qwix_on_snns.md):
 * a rule whose ``module_path`` matches no layer does nothing, so after
   quantizing we ask qwix for unused rules and raise;
 * qwix's symmetric bound is ``qmax + 0.5``, which turns a spike of 1.0 into
-  0.996 (int8). The calibration alias ``spikes`` picks a range in which 1.0 is
-  a code exactly, for dynamic and static activation scales alike;
+  0.996 (int8). The calibration alias ``spikes`` decides per layer: a layer
+  fed spikes (every hidden layer and the readout, and the input layer when
+  the data are binary) gets a fixed range in which 1.0 is a code exactly,
+  also under ``jax.jit`` and in SRQ; a layer fed analog values (the input
+  layer on analog data) is calibrated from the data (``absmax``, dynamic or
+  static);
+* mxfp8/mxfp4 need tiles of 32 and nvfp4 tiles of 16 along the contraction
+  axis: the tile defaults to that block size, and ``check_tiles`` refuses a
+  layer whose width is not a multiple of it, before any compute;
 * qwix's ``int2`` has codes {-2, -1, 0, 1}. ``ternary`` is BitNet b1.58's
   absmean ternary: ``W ~ scale * clip(round(W / mean|W|), -1, 1)`` with a
   straight-through estimator. The projection is applied to the weight before
@@ -31,7 +38,7 @@ from flax import nnx
 from qwix._src.utils import flax_util
 
 from snnexp.errors import ConfigError
-from snnexp.quant.recipes import INT_QTYPES, RecipeError, Rule
+from snnexp.quant.recipes import BLOCK_SIZES, INT_QTYPES, RecipeError, Rule
 
 Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
 
@@ -42,27 +49,82 @@ _TERNARY_AS = {"weight_qtype": "int2", "weight_calibration_method": "absmax,1.5"
 
 
 
-def spike_exact_calibration(qtype: str, *, static: bool) -> str:
-    """A qwix calibration method under which an activation of 1.0 is exact.
+# qtypes whose codes qwix keeps in a container of another dtype (int2/int3 in
+# int4, int5..int7 in int8, nf4 in uint4). qwix's quantized backward pass
+# asserts ``qtype == qvalue.dtype`` for them unless it keeps the original
+# residuals.
+_CONTAINED = ("int2", "int3", "int5", "int6", "int7", "nf4", "ternary")
 
-    qwix maps ``absmax`` to ``qmax + 0.5`` for integer types, so 1.0 lands
-    between codes. Scaling the range by about ``(qmax + 0.5) / qmax`` puts 1.0
-    on the top code; the factor is nudged by float32 ulps until
-    ``qmax * scale`` is exactly 1.0 in float32. Dynamic scales use it on the
-    measured absmax; static scales use the fixed range ``[-c, c]`` (an
-    averaged absmax would shrink spikes, since most time steps are silent).
+
+def _bound(qtype: str) -> float:
+    """The symmetric bound qwix uses for ``qtype`` (``qmax + 0.5`` for integers)."""
+    if qtype in INT_QTYPES:
+        return 2 ** (int(qtype[3:]) - 1) - 0.5
+    return {"nf4": 1.0, "float8_e4m3fn": 448.0, "float8_e5m2": 57344.0, "mxfp8": 448.0,
+            "mxfp4": 6.0, "nvfp4": 6.0}[qtype]
+
+
+def spike_range(qtype: str) -> float:
+    """The half-width ``c`` of the fixed range ``[-c, c]`` under which a spike of 1.0 is exact.
+
+    Integers: ``c ≈ bound / qmax`` (``(qmax + 0.5) / qmax``), nudged by float32
+    ulps until the scale ``s = fl(c / bound)`` satisfies ``fl(qmax * s) == 1``
+    and ``rint(fl(1 / s)) == qmax``, so 1.0 quantizes to the top code and
+    comes back as 1.0 whether the quantizer divides by ``s`` or multiplies by
+    ``1 / s`` (what XLA makes of a division under ``jax.jit``). Floating
+    formats: ``c = bound / 2**k`` with ``2**k`` the largest power of two
+    ``<= bound``, so the scale is the power of two ``2**-k`` and 1.0 is the
+    code ``2**k``, exact in the format (mxfp's power-of-two and nvfp4's
+    float8 scale rounding leave it unchanged).
+
+    Args:
+        qtype: an activation qtype of ``ACT_QTYPES``.
+
+    Returns:
+        ``c`` as a Python float (exactly a float32 value).
+    """
+    if qtype in INT_QTYPES:
+        return _spike_factor(2 ** (int(qtype[3:]) - 1) - 1)
+    bound = _bound(qtype)
+    return float(np.float32(bound / 2.0 ** np.floor(np.log2(bound))))
+
+
+def spike_scale(qtype: str) -> np.float32:
+    """The activation scale of the spike range: ``fl(spike_range / bound)`` in float32."""
+    return np.float32(np.float32(spike_range(qtype)) / np.float32(_bound(qtype)))
+
+
+def spike_exact_calibration(qtype: str, *, static: bool = False) -> str:
+    """The qwix calibration method of a layer fed spikes: the fixed range of ``spike_range``.
+
+    The range does not depend on the data, so it is the same for dynamic and
+    static scales; it is written ``"fixed,c"``, which qwix reads as
+    ``[-c, c]``. (An absmax scaled to the same value would be computed at run
+    time, and under ``jax.jit`` one float32 ulp off; a static statistic
+    averaged over many batches too.)
 
     Args:
         qtype: the activation qtype.
-        static: whether the scale is static (SRQ) or computed per call.
+        static: whether the scale is static (SRQ) or per call; the same range either way.
 
     Returns:
-        A calibration string such as ``"absmax,1.0039370078740157"``.
+        A calibration string such as ``"fixed,1.003937005996704"``.
     """
-    if qtype not in INT_QTYPES:
-        return "fixed,-1,1" if static else "absmax"  # 1.0 is exact in these formats
-    factor = _spike_factor(2 ** (int(qtype[3:]) - 1) - 1)
-    return f"fixed,{-factor!r},{factor!r}" if static else f"absmax,{factor!r}"
+    del static  # the same exact range serves both
+    return f"fixed,{spike_range(qtype)!r}"
+
+
+def analog_calibration(qtype: str) -> str:
+    """The qwix calibration method of a layer fed analog values: absmax of the data.
+
+    For integers the absmax is scaled by ``(qmax + 0.5) / qmax``, so the
+    largest value is the top code itself, not rounded past it; nothing inside
+    the calibrated range is clipped. Floating formats map absmax to their
+    largest value already.
+    """
+    if qtype in INT_QTYPES:
+        return f"absmax,{spike_range(qtype)!r}"
+    return "absmax"
 
 
 def _spike_factor(qmax: int) -> float:
@@ -76,8 +138,69 @@ def _spike_factor(qmax: int) -> float:
     raise AssertionError(f"no float32 range keeps 1.0 exact for qmax={qmax}")
 
 
+def tile_size(rule: Rule) -> int | float | None:
+    """The sub-channel tile of ``rule``: its ``tile_size``, else the block size its qtypes require."""
+    if rule.tile_size is not None:
+        return rule.tile_size
+    blocks = [BLOCK_SIZES[q] for q in (rule.weight_qtype, rule.act_qtype) if q in BLOCK_SIZES]
+    return blocks[0] if blocks else None
+
+
+def is_spike_train(x: Any) -> bool:
+    """Whether every value of ``x`` is 0 or 1 (a binary spike train)."""
+    a = np.asarray(x)
+    return bool(np.all((a == 0) | (a == 1)))
+
+
+def representative_sample(x: np.ndarray) -> np.ndarray:
+    """One input ``[1, T, F]`` of ``x`` ``[N, T, F]`` that is analog if any input is.
+
+    ``quantize`` decides from its sample whether the input layer is fed
+    spikes; this picks the first sample that is not binary, or the first
+    sample when all are binary spike trains.
+    """
+    a = np.asarray(x)
+    binary = np.all((a == 0) | (a == 1), axis=tuple(range(1, a.ndim)))
+    i = int(np.argmin(binary)) if not binary.all() else 0
+    return a[i : i + 1]
+
+
+def _matched(rules: Sequence[Rule], paths: Sequence[str]) -> list[list[str]]:
+    """For each rule, the layer paths it is the first to fullmatch."""
+    out: list[list[str]] = [[] for _ in rules]
+    for p in paths:
+        for i, r in enumerate(rules):
+            if re.fullmatch(r.module_path, p):
+                out[i].append(p)
+                break
+    return out
+
+
+def _expand(rules: Sequence[Rule], analog: Sequence[str],
+            paths: Sequence[str] | None) -> list[tuple[Rule, str, bool]]:
+    """``(rule, module_path, analog)`` per qwix rule: a ``spikes`` rule is split per input kind.
+
+    The layers in ``analog`` that a ``spikes`` rule matches first get their
+    own rule (exact paths, placed just before it, so first-wins still holds);
+    the original rule keeps the rest, and is left out when ``paths`` (every
+    layer path) shows that nothing is left for it.
+    """
+    matched = _matched(rules, analog)
+    every = _matched(rules, paths) if paths is not None else None
+    out = []
+    for i, r in enumerate(rules):
+        mine = matched[i] if (r.act_qtype and r.act_calibration_method == "spikes") else []
+        if mine:
+            out.append((r, "|".join(re.escape(p) for p in mine), True))
+            if every is not None and every[i] and set(every[i]) <= set(mine):
+                continue
+        out.append((r, r.module_path, False))
+    return out
+
+
 def to_qwix_rules(
-    rules: Sequence[Rule], mode: Mode, *, bwd_qtype: str | None = None
+    rules: Sequence[Rule], mode: Mode, *, bwd_qtype: str | None = None,
+    analog: Sequence[str] = (), paths: Sequence[str] | None = None,
 ) -> list[qwix.QuantizationRule]:
     """Translates recipe rules to qwix rules for one mode.
 
@@ -88,42 +211,42 @@ def to_qwix_rules(
             activation scales), ``calibrate`` (collect static activation
             statistics), ``srq`` (integer weights, static activation scales).
         bwd_qtype: gradient qtype in ``qt`` mode.
+        analog: paths of the layers whose matmul input is not a spike train
+            (``spikes`` calibrates them from the data).
+        paths: every layer path of the model, or None (see ``_expand``).
 
     Returns:
         qwix rules (``QtRule`` for training modes, ``QuantizationRule`` else).
     """
+    return [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in _expand(rules, analog, paths)]
+
+
+def _qwix_rule(r: Rule, module_path: str, is_analog: bool, mode: Mode,
+               bwd_qtype: str | None) -> qwix.QuantizationRule:
     static = mode in ("calibrate", "srq")
-    out = []
-    for r in rules:
-        kw: dict[str, Any] = dict(
-            module_path=r.module_path,
-            weight_qtype=r.weight_qtype,
-            weight_calibration_method=r.weight_calibration_method,
-            tile_size=r.tile_size,
-        )
-        if r.weight_qtype == "ternary":
-            kw.update(_TERNARY_AS)
-        if r.act_qtype is not None:
-            kw["act_qtype"] = r.act_qtype
-            method = r.act_calibration_method
-            if method == "spikes":
-                method = spike_exact_calibration(r.act_qtype, static=static)
-            kw["act_calibration_method"] = method
-            kw["act_static_scale"] = static
-        if mode in ("qat", "qt", "calibrate"):
-            if mode == "qt":
-                kw["bwd_qtype"] = bwd_qtype
-                if _weight_bits(kw["weight_qtype"]) <= 3:
-                    # qwix asserts in dot_general_qt for int2/int3 weights otherwise.
-                    kw["additional_qt_config"] = {"use_original_residuals": True}
-            out.append(qwix.QtRule(**kw))
-        else:
-            out.append(qwix.QuantizationRule(**kw))
-    return out
-
-
-def _weight_bits(qtype: str) -> int:
-    return int(qtype[3:]) if qtype in INT_QTYPES else 8
+    kw: dict[str, Any] = dict(
+        module_path=module_path,
+        weight_qtype=r.weight_qtype,
+        weight_calibration_method=r.weight_calibration_method,
+        tile_size=tile_size(r),
+    )
+    if r.weight_qtype == "ternary":
+        kw.update(_TERNARY_AS)
+    if r.act_qtype is not None:
+        kw["act_qtype"] = r.act_qtype
+        method = r.act_calibration_method
+        if method == "spikes":
+            method = analog_calibration(r.act_qtype) if is_analog else spike_exact_calibration(r.act_qtype)
+        kw["act_calibration_method"] = method
+        kw["act_static_scale"] = static
+    if mode in ("qat", "qt", "calibrate"):
+        if mode == "qt":
+            kw["bwd_qtype"] = bwd_qtype
+            if r.weight_qtype in _CONTAINED or r.act_qtype in _CONTAINED:
+                # qwix asserts in dot_general_qt for codes kept in a wider container otherwise.
+                kw["additional_qt_config"] = {"use_original_residuals": True}
+        return qwix.QtRule(**kw)
+    return qwix.QuantizationRule(**kw)
 
 
 def ternarize(w: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
@@ -183,6 +306,7 @@ def quantize(
     sample: jax.Array,
     *,
     bwd_qtype: str | None = None,
+    analog_inputs: Sequence[str] | None = None,
 ) -> nnx.Module:
     """Returns a quantized copy of ``model``; raises if a rule matched nothing.
 
@@ -190,29 +314,131 @@ def quantize(
         model: a network whose ``__call__(x, loop=...)`` takes ``[B, T, F]``.
         rules: validated recipe rules; empty means fp32 (a plain copy).
         mode: see ``to_qwix_rules``.
-        sample: an input ``[B, T, F]``; only its first time step is used.
+        sample: an input ``[B, T, F]``; its first time step is what qwix's
+            first call sees. Unless ``analog_inputs`` is given, the layer fed
+            the network input counts as fed spikes iff ``sample`` is binary
+            (pass an analog sample for analog data: ``representative_sample``).
         bwd_qtype: gradient qtype in ``qt`` mode.
+        analog_inputs: the paths of the layers fed analog values, or None to
+            decide from ``sample``. Recorded on the result as
+            ``analog_inputs`` (``snnexp.checkpoint.save`` keeps it, so a
+            deployed network is rebuilt the same way).
 
     Returns:
         The quantized model. ``ptq``/``srq`` models hold integer weights and
-        are for inference only.
+        are for inference only. In ``srq`` the static scale of a layer fed
+        spikes is the exact ``spike_scale``, not the averaged statistic.
+
+    Raises:
+        RecipeError: a rule matches no layer, or a tile does not divide a
+            layer's contraction size (``check_tiles``).
     """
     if not rules:
         return nnx.clone(model)
-    qrules = to_qwix_rules(rules, mode, bwd_qtype=bwd_qtype)
-    ternary = [r.weight_qtype == "ternary" for r in rules]
+    paths = weight_paths(model)
+    check_tiles(model, rules)
+    if analog_inputs is None:
+        analog_inputs = () if is_spike_train(sample) else (input_layer(model, sample),)
+    analog_inputs = tuple(analog_inputs)
+    expanded = _expand(rules, analog_inputs, paths)
+    qrules = [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in expanded]
+    ternary = [r.weight_qtype == "ternary" for r, _, _ in expanded]
     cls = PtqProvider if mode in ("ptq", "srq") else QtProvider
     provider = cls(qrules, ternary=ternary)
     qmodel = qwix.quantize_model(model, provider, sample[:, :1], loop="unrolled")
     unused = provider.get_unused_rules()
     if unused:
-        paths = [r.module_path for r in unused]
+        used_paths = [r.module_path for r in unused]
         raise RecipeError(
-            f"quantization rule(s) with module_path {paths} matched no layer; layers with "
-            f"weights: {weight_paths(model)} (module_path is a regex fullmatched "
+            f"quantization rule(s) with module_path {used_paths} matched no layer; layers with "
+            f"weights: {paths} (module_path is a regex fullmatched "
             "against these paths, not against class names)"
         )
+    if mode == "srq":
+        _exact_spike_scales(qmodel, rules, analog_inputs)
+    qmodel.analog_inputs = analog_inputs
     return qmodel
+
+
+def _exact_spike_scales(qmodel: nnx.Module, rules: Sequence[Rule], analog: Sequence[str]) -> None:
+    """Sets the static scale of every layer fed spikes to ``spike_scale`` (in place).
+
+    qwix's static scale is a float32 running mean of the calibration; even of
+    the constant spike range it is one ulp low after a few batches.
+    """
+    modules = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(qmodel)}
+    for r, mine in zip(rules, _matched(rules, list(modules)), strict=True):
+        if not r.act_qtype or r.act_calibration_method != "spikes":
+            continue
+        exact = spike_scale(r.act_qtype)
+        for path in mine:
+            if path in analog:
+                continue
+            for name, var in vars(modules[path]).items():
+                if name.endswith("_lhs_scale") and isinstance(var, nnx.Variable):
+                    aux = var.get_value()
+                    var.set_value(aux.replace(array=jnp.full_like(aux.array, exact)))
+
+
+class _FirstMatmul(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``_Probe`` at the first matmul, carrying its module path."""
+
+
+class _Probe(qwix.QtProvider):
+    """A provider without rules that stops the forward pass at its first matmul."""
+
+    def _stop(self, *args: Any, **kwargs: Any) -> Any:
+        raise _FirstMatmul("/".join(map(str, flax_util.get_current_module_path())))
+
+    dot_general = _stop
+    conv_general_dilated = _stop
+    einsum = _stop
+
+
+def input_layer(model: nnx.Module, sample: jax.Array) -> str:
+    """The path of the layer whose matmul takes the network input (``fc/0``, ``conv/0``).
+
+    Found by running ``model`` on one step of ``sample`` until its first
+    matmul (qwix intercepts it; nothing is quantized).
+    """
+    try:
+        qwix.quantize_model(model, _Probe([]), sample[:1, :1], loop="unrolled")
+    except _FirstMatmul as e:
+        return str(e)
+    raise RecipeError("the model ran no matmul: there is no layer to quantize")
+
+
+def check_tiles(model: nnx.Module, rules: Sequence[Rule]) -> None:
+    """Refuses a tile that does not divide the contraction size of a layer it applies to.
+
+    qwix tiles the innermost contraction axis (``in_features``; a
+    convolution's input channels) of both the weight and the matmul input.
+
+    Args:
+        model: the network.
+        rules: validated recipe rules.
+
+    Raises:
+        RecipeError: naming the layer, its width, the tile and what would work.
+    """
+    layers = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(model) if isinstance(m, (nnx.Linear, nnx.Conv))}
+    for r, mine in zip(rules, _matched(rules, list(layers)), strict=True):
+        tile = tile_size(r)
+        if tile is None:
+            continue
+        for path in mine:
+            width = int(layers[path].in_features)
+            size = tile if isinstance(tile, int) else round(width * tile)
+            if size < 1 or width % size:
+                need = [q for q in (r.weight_qtype, r.act_qtype) if q in BLOCK_SIZES]
+                why = f"{need[0]} quantizes in blocks of {BLOCK_SIZES[need[0]]}" if need else "tile_size must divide it"
+                raise RecipeError(
+                    f"layer {path} contracts over {width} inputs, which is not a multiple of the tile "
+                    f"{size} (rule module_path={r.module_path!r}, weight_qtype={r.weight_qtype!r}, "
+                    f"act_qtype={r.act_qtype!r}, tile_size={r.tile_size!r}): {why}. Make the layer's input "
+                    f"width a multiple of {size} (model.hidden, or the data's features), exclude {path} "
+                    "with an earlier rule, or choose another qtype."
+                )
 
 
 def weight_paths(model: nnx.Module) -> list[str]:

@@ -19,6 +19,9 @@ FLOAT_QTYPES = ("nf4", "float8_e4m3fn", "float8_e5m2", "mxfp8", "mxfp4", "nvfp4"
 WEIGHT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES, "ternary")
 ACT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES)
 CALIBRATION_METHODS = ("absmax", "minmax", "rms", "fixed", "spikes")
+# Sub-channel block size each microscaling format requires: qwix refuses any
+# other tile, so ``tile_size: null`` means this size for these formats.
+BLOCK_SIZES = {"mxfp8": 32, "mxfp4": 32, "nvfp4": 16}
 
 
 class RecipeError(ValueError):
@@ -39,7 +42,8 @@ class Rule:
     weight_calibration_method: str = "absmax"
     # Calibration of activations: a qwix method, or "spikes" (1.0 exact).
     act_calibration_method: str = "spikes"
-    # Sub-channel tile size along the contraction axis, or None.
+    # Sub-channel tile size along the contraction axis, or None: none, or for
+    # mxfp8/mxfp4/nvfp4 their block size (BLOCK_SIZES).
     tile_size: int | float | None = None
 
 
@@ -81,8 +85,33 @@ def parse_recipe(rules: Sequence[Mapping[str, Any]] | None) -> list[Rule]:
             raise RecipeError(f"{where}.weight_calibration_method: 'spikes' is for activations only")
         if rule.weight_qtype == "ternary" and rule.tile_size is not None:
             raise RecipeError(f"{where}: ternary uses one absmean scale; tile_size must be null")
+        _check_blocks(where, rule)
         parsed.append(rule)
     return parsed
+
+
+def _check_blocks(where: str, rule: Rule) -> None:
+    """Refuses a tile that a microscaling qtype of ``rule`` cannot use."""
+    blocks = {q: BLOCK_SIZES[q] for q in (rule.weight_qtype, rule.act_qtype) if q in BLOCK_SIZES}
+    if not blocks:
+        return
+    if len(set(blocks.values())) > 1:
+        raise RecipeError(
+            f"{where}: {', '.join(f'{q} needs tiles of {b}' for q, b in blocks.items())}, and a rule has one "
+            "tile_size for weights and activations; use the same block size for both (mxfp8/mxfp4: 32, "
+            "nvfp4: 16), or split the layers over two rules"
+        )
+    (qtype, block), *_ = blocks.items()
+    if rule.weight_qtype == "ternary":
+        raise RecipeError(
+            f"{where}: act_qtype={rule.act_qtype!r} needs tiles of {block}, but ternary weights use one "
+            "absmean scale per matrix (no tiles); choose another act_qtype"
+        )
+    if rule.tile_size is not None and rule.tile_size != block:
+        raise RecipeError(
+            f"{where}.tile_size={rule.tile_size!r}: {qtype} quantizes in blocks of {block}; "
+            f"valid choices: {block} or null (which means {block})"
+        )
 
 
 def _check_choice(where: str, value: Any, choices: Sequence[str]) -> None:

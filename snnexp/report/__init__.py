@@ -1,6 +1,6 @@
 """Sweep results -> ``results.csv`` and one interactive, offline ``report.html``.
 
-A Hydra multirun leaves one directory per job. :mod:`.collect` reads them into
+A Hydra multirun leaves one directory per job. :mod:`.jobdir` reads one, :mod:`.collect` all into
 one pandas DataFrame (status, overrides, config keys, every metric),
 :mod:`.analysis` derives the Pareto front, seed spread, drop grid and parameter
 importance, :mod:`.figures` and :mod:`.figures_agg` draw plotly figures,
