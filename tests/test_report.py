@@ -7,7 +7,7 @@ shared by pytest-xdist workers through a lock, see :func:`report_runs`):
     sweep/0..3       quant=fp32,w8a8 x mode=ptq,qat         (multirun, seed 0)
     seed1/0          quant=w8a8 mode=ptq seed=1              (multirun: a second seed)
     search/0..2      hparams_search=lr, 3 optuna trials       (multirun, optuna sweeper)
-    bad_batch/       quant=ternary trainer.batch_size=0       (single run that really fails)
+    missing_data/    quant=ternary data=shd data.root=<none>  (single run that really fails)
     handmade_failed/ .hydra/overrides.yaml + status.json      (written by hand below)
 
 The hand-made directory stands for a job that failed before writing a config;
@@ -60,12 +60,12 @@ def snnexp(*args: str) -> subprocess.Popen:
 
 def _launch(root: Path) -> None:
     procs = {name: snnexp(*args, f"hydra.sweep.dir={root / name}") for name, args in SWEEPS.items()}
-    procs["bad_batch"] = snnexp("debug=fast", "quant=ternary", "mode=ptq", "trainer.batch_size=0",
-                                f"hydra.run.dir={root / 'bad_batch'}")
+    procs["missing_data"] = snnexp("debug=fast", "quant=ternary", "mode=ptq", "data=shd",
+                                   f"data.root={root / 'no_such_dir'}", f"hydra.run.dir={root / 'missing_data'}")
     outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
     for name in SWEEPS:
         assert procs[name].returncode == 0, outputs[name][-3000:]
-    assert procs["bad_batch"].returncode != 0, outputs["bad_batch"][-3000:]
+    assert procs["missing_data"].returncode != 0, outputs["missing_data"][-3000:]
     bad = root / "handmade_failed"
     (bad / ".hydra").mkdir(parents=True)
     (bad / ".hydra" / "overrides.yaml").write_text("- debug=fast\n- mode=bogus\n")
@@ -113,7 +113,7 @@ def test_csv_holds_every_run_with_its_metrics(runs_root, tmp_path):
     assert len(runs.table) == len(table) == len(job_dirs)
     assert set(table) == {str(p.resolve()) for p in job_dirs}
 
-    finished = [p for p in job_dirs if (p / "metrics.json").exists() and p.name != "bad_batch"]
+    finished = [p for p in job_dirs if (p / "metrics.json").exists() and p.name != "missing_data"]
     assert len(finished) == 8
     for run_dir in finished:
         row = table[str(run_dir.resolve())]
@@ -141,7 +141,7 @@ def test_csv_holds_every_run_with_its_metrics(runs_root, tmp_path):
         assert row["data"] == cfg["data"]["name"]
         epochs = [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
         assert row["last_epoch"] == str(max(epochs))
-        assert float(row["memory_bytes"]) == metrics["weight_bytes_quant"]  # no packed width reported yet
+        assert float(row["memory_bytes"]) == metrics.get("weight_bytes_packed", metrics["weight_bytes_quant"])
 
     ok = runs.table[runs.table["status"] == "ok"]
     in_sweep = ok[[Path(d).parent.name == "sweep" for d in ok["run_dir"]]]
@@ -175,12 +175,12 @@ def test_failed_incomplete_and_running_runs(runs_root, tmp_path):
     assert by_dir["killed"]["recipe"] == "fp32"  # the config is still read
     assert by_dir["running"]["status"] == "running" and by_dir["running"]["last_epoch"] == 2
     assert by_dir["gone"]["status"] == "incomplete" and "process is gone" in by_dir["gone"]["error"]
-    assert by_dir["bad_batch"]["status"] == "failed"
-    assert "batch_size" in by_dir["bad_batch"]["error"]
+    assert by_dir["missing_data"]["status"] == "failed"
+    assert by_dir["missing_data"]["error"].startswith("FileNotFoundError: SHD file not found")
 
     html = (tmp_path / "out" / "report.html").read_text()
     section = html.split("<h2>Failed, incomplete and running runs</h2>", 1)[1].split("</section>", 1)[0]
-    for name in ("handmade_failed", "killed", "bad_batch", "running", "gone"):
+    for name in ("handmade_failed", "killed", "missing_data", "running", "gone"):
         assert name in section
     assert "ConfigError: mode.name=&#39;bogus&#39;" in section and "&lt;&amp;&gt;" in section
     assert HANDMADE_ERROR not in html  # never unescaped
@@ -284,7 +284,11 @@ def test_optuna_search_views(runs_root, tmp_path):
     acc = 100 * runs.table.sort_values("trial")["quant_accuracy"]
     assert list(best.y) == pytest.approx(acc.cummax().tolist())
     assert search["params"].layout.xaxis.type == "log"  # tag(log, interval(...)) in the search space
-    assert list(views["importance"][""]["values"]) == ["optim.lr"]
+    imp = views["importance"][""]
+    assert list(imp["values"]) == ["optim.lr"]
+    storage = f"sqlite:///{(runs_root / 'search' / 'optuna.db').resolve()}"
+    assert runs.sweepers["search"]["storage"] == storage  # ${hydra.sweep.dir} resolved
+    assert imp["basis"].startswith("persistent optuna study 'lr'") and "3 trials" in imp["basis"], imp
     text = report.console_table(runs.table)
     assert "optim.lr" in text.splitlines()[0]
     for lr in runs.table["override/optim.lr"]:
@@ -300,7 +304,9 @@ def test_packed_bytes_preferred(runs_root, tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     runs = report.collect([run, runs_root / "sweep"])
     assert runs.table.loc[0, "memory_bytes"] == 123.0
-    assert runs.table.loc[1, "memory_bytes"] == runs.table.loc[1, "weight_bytes_quant"]
+    other = runs.table.loc[1]
+    assert other["memory_bytes"] == (other["weight_bytes_packed"] if "weight_bytes_packed" in runs.table
+                                     and pd.notna(other["weight_bytes_packed"]) else other["weight_bytes_quant"])
     fig = page.build_figures(runs)["figures"]["pareto"]
     assert "weight_bytes_packed" in fig.layout.xaxis.title.text
 
