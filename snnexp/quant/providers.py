@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 from flax import nnx
+from qwix._src import averaging
 from qwix._src.utils import flax_util
 
 from snnexp.errors import ConfigError
@@ -274,9 +275,11 @@ def ternary_ste(w: jax.Array) -> jax.Array:
 class _TernaryMixin:
     """Projects weights of ``ternary`` rules before qwix quantizes them."""
 
-    def __init__(self, rules: Sequence[qwix.QuantizationRule], *, ternary: Sequence[bool]):
+    def __init__(self, rules: Sequence[qwix.QuantizationRule], *, ternary: Sequence[bool],
+                 running_max: Sequence[str] = ()):
         super().__init__(rules)  # type: ignore[call-arg]
         self._ternary_paths = [(r.module_path, t) for r, t in zip(rules, ternary, strict=True)]
+        self._running_max = frozenset(running_max)
 
     def _is_ternary(self) -> bool:
         path = "/".join(map(str, flax_util.get_current_module_path()))
@@ -292,7 +295,29 @@ class _TernaryMixin:
 
 
 class QtProvider(_TernaryMixin, qwix.QtProvider):
-    """qwix's QtProvider (QAT, QT, calibration) with BitNet ternary weights."""
+    """qwix's QtProvider (QAT, QT, calibration) with BitNet ternary weights.
+
+    For the layers in ``running_max`` (analog inputs under ``spikes``) a
+    static statistic is the absmax over every calibration row and batch, not
+    qwix's mean over rows and batches of per-row absmax, which would clip
+    every value above the average: nothing seen in calibration is clipped.
+    """
+
+    def _update_and_get_quant_stat(self, name: str, batch_axes: tuple[int, ...],
+                                   calibration: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        path = "/".join(map(str, flax_util.get_current_module_path()))
+        if path not in self._running_max or set(calibration) != {"absmax"}:
+            return super()._update_and_get_quant_stat(name, batch_axes, calibration)
+        calibration = {"absmax": calibration["absmax"].max(axis=tuple(batch_axes), keepdims=True)}
+        aggregator = averaging.SimpleMovingAverage()
+        stat = flax_util.get_or_create_variable("quant_stats", name, lambda: aggregator.init(calibration))
+        if flax_util.should_update_quant_stats():
+            old = stat.value
+            count = old["count"] + 1
+            seen = jnp.where(old["count"] > 0, old["sum_of_absmax"] / jnp.maximum(old["count"], 1), 0.0)
+            # stored so that qwix's mean (sum / count) reads the running max
+            stat.value = {"count": count, "sum_of_absmax": jnp.maximum(seen, calibration["absmax"]) * count}
+        return aggregator.get_calibration(stat.value, calibration)
 
 
 class PtqProvider(_TernaryMixin, qwix.PtqProvider):
@@ -344,7 +369,9 @@ def quantize(
     qrules = [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in expanded]
     ternary = [r.weight_qtype == "ternary" for r, _, _ in expanded]
     cls = PtqProvider if mode in ("ptq", "srq") else QtProvider
-    provider = cls(qrules, ternary=ternary)
+    running_max = [p for p in analog_inputs if any(a and r.act_calibration_method == "spikes"
+                                                    for r, _, a in expanded if r.act_qtype)]
+    provider = cls(qrules, ternary=ternary, running_max=running_max)
     qmodel = qwix.quantize_model(model, provider, sample[:, :1], loop="unrolled")
     unused = provider.get_unused_rules()
     if unused:
@@ -374,10 +401,11 @@ def _exact_spike_scales(qmodel: nnx.Module, rules: Sequence[Rule], analog: Seque
         for path in mine:
             if path in analog:
                 continue
-            for name, var in vars(modules[path]).items():
-                if name.endswith("_lhs_scale") and isinstance(var, nnx.Variable):
-                    aux = var.get_value()
-                    var.set_value(aux.replace(array=jnp.full_like(aux.array, exact)))
+            for name, aux in vars(modules[path]).items():
+                # qwix keeps a static scale as WithAux(array=Param([[s]]), how=...)
+                scale = getattr(aux, "array", None)
+                if name.endswith("_lhs_scale") and isinstance(scale, nnx.Variable):
+                    scale.set_value(jnp.full_like(scale.get_value(), exact))
 
 
 class _FirstMatmul(Exception):  # noqa: N818 - a signal, not an error
