@@ -62,13 +62,25 @@ def _display_names(run_dirs: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(base)) for p in resolved]
 
 
-def _sweeper_info(sweeper: Mapping | None) -> dict[str, Any]:
+def _sweeper_info(sweeper: Mapping | None, folder: Path | None = None) -> dict[str, Any]:
+    """What ran a sweep; an optuna storage written as ``sqlite:///${hydra.sweep.dir}/x.db`` is resolved.
+
+    Hydra keeps ``hydra.yaml`` unresolved: ``${hydra.sweep.dir}`` is the job's
+    multirun folder, and a storage still holding an interpolation falls back to
+    the one SQLite file in that folder, if there is exactly one.
+    """
     target = str((sweeper or {}).get("_target_", ""))
     kind = "optuna" if "optuna" in target.lower() else "basic"
     info = {"kind": kind, "params": dict((sweeper or {}).get("params") or {})}
     if kind == "optuna":
+        storage = sweeper.get("storage")
+        if storage and folder is not None and "${" in str(storage):
+            storage = str(storage).replace("${hydra.sweep.dir}", str(folder.resolve()))
+            dbs = list(folder.glob("*.db"))
+            if "${" in storage:
+                storage = f"sqlite:///{dbs[0].resolve()}" if len(dbs) == 1 else None
         info.update(direction=str(sweeper.get("direction", "maximize")), study_name=sweeper.get("study_name"),
-                    storage=sweeper.get("storage"))
+                    storage=storage)
     return info
 
 
@@ -138,7 +150,7 @@ def collect(dirs: Iterable[str | Path], labels: Sequence[str] | None = None) -> 
         rows.append(row)
         used.append(lookup)
         if sweeper is not None:
-            sweepers.setdefault(sweep, _sweeper_info(sweeper))
+            sweepers.setdefault(sweep, _sweeper_info(sweeper, path.parent))
         for h in history:
             phases = {k.split("/", 1)[0] for k in h if "/" in k}
             for phase in sorted(phases):

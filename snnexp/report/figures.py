@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from snnexp.report.analysis import ok_runs, pareto_front
+from snnexp.report.jobdir import natural_key
 from snnexp.report.style import Style, hover, layout
 
 
@@ -61,13 +62,14 @@ def pareto(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figure
     x = pd.to_numeric(runs["memory_bytes"]).tolist()
     y = 100 * pd.to_numeric(runs["quant_accuracy"])
     fig = go.Figure()
-    _points(fig, runs, _dodge(runs, pd.Series(x), style), y, style, swept, extra=x)
+    drawn = _dodge(runs, pd.Series(x), style)
+    _points(fig, runs, drawn, y, style, swept, extra=x)
     for source in style.sources:
         here = (runs["source"] == source).to_numpy()
-        pts = [(xv, yv) for xv, yv, h in zip(x, y, here) if h]
-        front = [pts[i] for i in pareto_front(pts)]
+        pts = [(xv, yv, dx) for xv, yv, dx, h in zip(x, y, drawn, here) if h]
+        front = [pts[i] for i in pareto_front([p[:2] for p in pts])]  # on the true bytes, drawn where the points are
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", line_shape="hv",
+            x=[p[2] for p in front], y=[p[1] for p in front], mode="lines+markers", line_shape="hv",
             name="Pareto front" + (f" ({source})" if style.compare else ""), hoverinfo="skip",
             legendgroup="pareto", legendgrouptitle_text="front" if source == style.sources[0] else None,
             line=dict(color="black", dash=style.dash(source), width=1.4),
@@ -116,7 +118,7 @@ def _axis_values(values: pd.Series) -> dict[str, Any]:
         return dict(values=nums.tolist())
     text = values.map(lambda v: "–" if v is None or (not isinstance(v, str) and pd.isna(v))
                       else f"{float(v):.3g}" if _is_number(v) else str(v))
-    cats = sorted(text.unique(), key=lambda t: (t != "–", float(t) if _is_number(t) else math.inf, t))
+    cats = sorted(text.unique(), key=lambda t: (t != "–", float(t) if _is_number(t) else math.inf, natural_key(t)))
     return dict(values=[cats.index(v) for v in text], tickvals=list(range(len(cats))), ticktext=cats)
 
 

@@ -75,9 +75,15 @@ def console_table(table: pd.DataFrame) -> str:
         cols.append(("source", "source"))
     cols += [("status", "status"), ("recipe", "recipe"), ("mode", "mode"), ("seed", "seed"),
              *((k, f"param/{k}") for k in swept), ("quant acc", "quant_accuracy"), ("drop", "accuracy_drop"),
-             ("bytes", "memory_bytes"), ("epoch", "last_epoch"), ("error", "error")]
-    cells = [[_cell(k, row.get(k)) if not (k == "error" and row.get("status") == "ok") else ""
-              for _, k in cols] for row in table.to_dict("records")]
+             ("mem bytes", "memory_bytes"), ("epoch", "last_epoch"), ("error", "error")]
+    def shown(key: str, row: dict[str, Any]) -> str:
+        if key == "error" and row.get("status") == "ok":
+            return ""
+        if key == "accuracy_drop" and row.get("recipe") == "fp32":
+            return "n/a"  # the fp32 recipe against its own fp32 phase is no drop
+        return _cell(key, row.get(key))
+
+    cells = [[shown(k, row) for _, k in cols] for row in table.to_dict("records")]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, (h, _) in enumerate(cols)]
     lines = ["  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]

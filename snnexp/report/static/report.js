@@ -83,7 +83,8 @@
     data.forEach(function (t) {
       if (!t.meta || t.meta.role !== "points" || (t.xaxis || "x") !== axes) return;
       (t.customdata || []).forEach(function (c, i) {
-        pts.push({ id: c[0], x: c[1] !== null && c[1] !== undefined ? c[1] : t.x[i], y: t.y[i] });
+        // x: where the point is drawn (maybe dodged sideways); key: its true value (the bytes)
+        pts.push({ id: c[0], x: t.x[i], key: c[1] !== null && c[1] !== undefined ? c[1] : t.x[i], y: t.y[i] });
       });
     });
     return pts;
@@ -97,7 +98,7 @@
       var pts = visiblePoints(data, t.xaxis || "x");
       if (role === "pareto") {
         pts = pts.filter(function (p) { var f = FACETS[String(p.id)]; return !f || f.source === t.meta.source; });
-        pts.sort(function (a, b) { return a.x - b.x || b.y - a.y; });
+        pts.sort(function (a, b) { return a.key - b.key || b.y - a.y; });
         var best = -Infinity, fx = [], fy = [];
         pts.forEach(function (p) { if (p.y > best) { fx.push(p.x); fy.push(p.y); best = p.y; } });
         t.x = fx; t.y = fy;
