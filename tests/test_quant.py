@@ -146,8 +146,12 @@ def test_ternary_qat_forward_uses_ternary_weights_and_passes_gradients():
 def test_a_spike_of_one_survives_activation_quantization(qtype, static):
     spikes = jnp.array([[0.0, 1.0, 1.0, 0.0, 1.0]])
     method = quant.spike_exact_calibration(qtype, static=static)
-    out = qwix.dequantize(qwix.quantize(spikes, qtype, channelwise_axes=(0,), calibration_method=method))
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(spikes))
+
+    def roundtrip(s):
+        return qwix.dequantize(qwix.quantize(s, qtype, channelwise_axes=(0,), calibration_method=method))
+
+    for f in (roundtrip, jax.jit(roundtrip)):  # compiled too: XLA multiplies by the reciprocal
+        np.testing.assert_array_equal(np.asarray(f(spikes)), np.asarray(spikes))
     # qwix's default would not keep it
     plain = qwix.dequantize(qwix.quantize(spikes, qtype, channelwise_axes=(0,)))
     assert float(plain.max()) < 1.0
