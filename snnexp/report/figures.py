@@ -78,7 +78,8 @@ def pareto(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figure
     style.legend(fig)
     what = "packed weight memory (weight_bytes_packed)" if packed else "weight memory (weight_bytes_quant)"
     layout(fig, "Accuracy vs. memory, with the Pareto front", height=520,
-           xaxis=dict(type="log", title=f"{what}, bytes, log scale"),
+           xaxis=dict(type="log", title=f"{what}, bytes, log scale",
+                      range=[math.log10(min(drawn) / 1.4), math.log10(max(drawn) * 1.4)]),
            yaxis=dict(title="quantized test accuracy (%)"))
     return fig
 
@@ -137,7 +138,9 @@ def parallel(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figu
     runs = ok_runs(table, objective)
     if runs.empty or not swept:
         return None
-    dims = [dict(label="run", **_axis_values(runs["run"]))]
+    names = [r if len(r) <= 24 or pd.isna(t) else f"{sw} #{t}"  # search jobs are folders named by overrides
+             for r, t, sw in zip(runs["run"], runs["trial"], runs["sweep"].map(lambda s: s.rsplit("/", 1)[-1]))]
+    dims = [dict(label="run", **_axis_values(pd.Series(names, index=runs.index)))]
     if style.compare:
         dims.append(dict(label="source", **_axis_values(runs["source"])))
     dims += [dict(label=key, **_axis_values(runs[f"param/{key}"])) for key in swept]
@@ -151,7 +154,7 @@ def parallel(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figu
                                    colorbar=dict(title=dict(text=objective, side="right"))),
         meta={"ids": [int(i) for i in runs.index]}, labelangle=-20))
     return layout(fig, "Parallel coordinates: swept keys and objective (drag along an axis to select)",
-                  height=max(420, 26 * len(runs) + 120), margin=dict(l=150, r=80, t=110, b=40))
+                  height=max(420, 26 * len(runs) + 120), margin=dict(l=170, r=80, t=110, b=40))
 
 
 def importance_fig(results: Mapping[str, Mapping[str, Any]], style: Style) -> go.Figure | None:

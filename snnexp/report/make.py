@@ -64,6 +64,8 @@ def _cell(key: str, value: Any, width: int = 60) -> str:
     if isinstance(value, float) and key == "last_epoch":
         return f"{value:.0f}"
     text = str(value).replace("\n", " ")
+    if key == "run" and len(text) > 40:  # a search's job folders are named by their overrides: keep the end
+        return "…" + text[-39:]
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
