@@ -7,7 +7,9 @@ A feed-forward SNN here is ``Linear -> neuron`` per hidden layer, then
 has ``Conv -> neuron -> pooling`` layers for event frames (``conv``). The
 neurons are spyx's (``spyx.nn.LIF``, ``CuBaLIF``, ``ALIF``, ``IF``); these
 modules only wire them. ``time_loop`` holds what they share: the three ways
-of running the time steps and the LI readout.
+of running the time steps and the LI readout. ``decays`` makes the neurons'
+decays mean what the config says: a number is fixed (never trained), ``None``
+is learned through a sigmoid, so it keeps a gradient inside ``(0, 1)``.
 
 Why the forward pass looks the way it does (docs/qwix_on_snns.md has the
 qwix side):
