@@ -62,8 +62,9 @@ def model(cfg: DictConfig, n_in: int, n_out: int) -> nnx.Module:
     """
     factory = _instantiate(cfg.model)
     net = factory(n_in=n_in, n_out=n_out, neuron=neuron(cfg), rngs=nnx.Rngs(cfg.seed))
-    # spyx stores a given decay as a weakly typed scalar; the first optimizer
-    # update makes it strongly typed and would force a second compilation.
+    # A weakly typed leaf (spyx stores a given decay so; the models now hold it as
+    # a float32 FixedDecay) would turn strongly typed at the first optimizer
+    # update and force a second compilation: cast every leaf to its own dtype.
     state = nnx.state(net)
     nnx.update(net, jax.tree.map(lambda a: jnp.asarray(a, dtype=a.dtype), state))
     return net
