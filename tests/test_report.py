@@ -380,3 +380,18 @@ def test_watch_follows_a_running_sweep(tmp_path):
     final = (out / "report.html").read_text()
     assert "data-refresh" not in final and 'class="st running"' not in final
     assert len(_csv_rows(out / "results.csv")) == 2
+
+
+@pytest.mark.slow
+def test_hydra_callback_writes_the_report(tmp_path):
+    sweep = tmp_path / "cb"
+    job = snnexp("-m", "debug=fast", "quant=w8a8", "mode=ptq", f"hydra.sweep.dir={sweep}",
+                 "+hydra.callbacks.report._target_=snnexp.report.callback.ReportCallback",
+                 "+hydra.callbacks.report.interval=1")
+    out = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, out[-3000:]
+    assert f"live report: {sweep.resolve() / 'report.html'}" in out
+    page_text = (sweep / "report.html").read_text()
+    assert "data-refresh" not in page_text and 'data-fig="fig-pareto"' in page_text
+    rows = _csv_rows(sweep / "results.csv")
+    assert [r["status"] for r in rows.values()] == ["ok"]

@@ -5,7 +5,8 @@ one pandas DataFrame (status, overrides, config keys, every metric),
 :mod:`.analysis` derives the Pareto front, seed spread, drop grid and parameter
 importance, :mod:`.figures` and :mod:`.figures_agg` draw plotly figures,
 :mod:`.page` renders them with a jinja2 template into one page that opens
-offline, and :mod:`.make` writes it once or as jobs finish (``--watch``).
+offline, and :mod:`.make` writes it once or as jobs finish (``--watch``);
+:mod:`.callback` is a Hydra callback that does so for a running sweep.
 
     python -m snnexp.report outputs/multirun/2026-11-22/07-59-31
     python -m snnexp.report A B --label before,after --out reports/compare
