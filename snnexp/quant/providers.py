@@ -161,9 +161,13 @@ def representative_sample(x: np.ndarray) -> np.ndarray:
     sample when all are binary spike trains.
     """
     a = np.asarray(x)
-    binary = np.all((a == 0) | (a == 1), axis=tuple(range(1, a.ndim)))
-    i = int(np.argmin(binary)) if not binary.all() else 0
-    return a[i : i + 1]
+    for start in range(0, len(a), 1024):  # in chunks: no boolean copy of a whole large data set
+        chunk = a[start : start + 1024]
+        binary = np.all((chunk == 0) | (chunk == 1), axis=tuple(range(1, a.ndim)))
+        if not binary.all():
+            i = start + int(np.argmin(binary))
+            return a[i : i + 1]
+    return a[:1]
 
 
 def _matched(rules: Sequence[Rule], paths: Sequence[str]) -> list[list[str]]:
