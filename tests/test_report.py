@@ -236,6 +236,15 @@ def test_figures_name_runs_and_only_recipes_that_finished(runs_root):
     assert all(t.startswith("n/a: fp32 vs fp32") for t in heat.text[fp32_row])
 
 
+@pytest.mark.slow
+def test_single_run_dir(runs_root, tmp_path):
+    runs = report.build_report([runs_root / "sweep" / "2"], tmp_path)
+    assert len(runs.table) == 1 and runs.table.loc[0, "status"] == "ok"
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "report.html").exists()
+    html = (tmp_path / "report.html").read_text()
+    assert 'data-fig="fig-pareto"' in html and "Nothing was swept" in html
+
+
 def test_recipe_order_is_numeric():
     names = ["w8a8", "ternary", "w2a8", "fp32", "w10a8", "w4a8", "custom", "weights_only", "w3a8"]
     assert sorted(names, key=analysis.recipe_order) == [
