@@ -102,7 +102,7 @@ def build_workspace(project: str, group: str, entity: str | None = None, *, swep
         sections=[ws.Section(name="Trade-offs", panels=trade_offs, is_open=True),
                   ws.Section(name="Sweep", panels=sweep, is_open=True),
                   ws.Section(name="Training curves", panels=curves, is_open=True)],
-        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == group]))
+        runset_settings=ws.RunsetSettings(filters=ws.And(ws.Metric("Group") == group)))
 
 
 def spec_keys(spec: dict[str, Any]) -> dict[str, list[str]]:
