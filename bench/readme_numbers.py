@@ -36,8 +36,11 @@ DEFAULT_ROWS = {
     "accuracy drop": "accuracy_drop",
     "weight bytes fp32": "weight_bytes_fp32",
     "weight bytes quant": "weight_bytes_quant",
+    "weight bytes packed": "weight_bytes_packed",
     "bits per weight": "bits_per_weight",
     "spike rate (mean)": "spike_rate/mean",
+    "synaptic ACs / sample": "synaptic_acs_per_sample",
+    "synaptic MACs / sample": "synaptic_macs_per_sample",
     "synaptic ops / sample": "synaptic_ops_per_sample",
 }
 

@@ -20,7 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from snnexp import launch, schema
-from snnexp.errors import USER_ERRORS
+from snnexp.errors import USER_ERRORS, ConfigError
+from snnexp.rundir import RunDir
 from snnexp.train import Preempted, run
 
 _CONF = Path(__file__).resolve().parent / "conf"
@@ -35,7 +36,11 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        schema.validate(cfg)  # before the launch settings read the config (run() checks again)
+        try:
+            schema.validate(cfg)  # before the launch settings read the config (run() checks again)
+        except ConfigError as e:
+            RunDir(out_dir).failed(e, preempted=False)  # recorded like any refused job
+            raise
         launch.configure(cfg)
         metrics = run(cfg, out_dir)
     except Preempted as e:

@@ -27,7 +27,7 @@ from snnexp.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Keys that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective")
+RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective", "report")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

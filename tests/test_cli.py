@@ -39,6 +39,11 @@ def test_a_config_error_is_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "snnexp: ConfigError: trainer.batch_size=0 must be an integer >= 1"
     assert "Traceback" not in proc.stderr + proc.stdout
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "a" / "status.json").read_text())["status"] == "failed"
+    bad_type = snnexp("debug=fast", "optim.lr=abc", f"hydra.run.dir={tmp_path / 'c'}")  # refused by the schema
+    assert bad_type.returncode == 2
+    assert bad_type.stderr.strip().splitlines()[-1].startswith("snnexp: ConfigError: optim.lr='abc'")
+    assert "abc" in json.loads((tmp_path / "c" / "status.json").read_text())["error"]
     full = snnexp("debug=fast", "trainer.batch_size=0", f"hydra.run.dir={tmp_path / 'b'}",
                   env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
@@ -102,7 +107,7 @@ def test_progress_shows_compilation_epoch_times_and_a_bar(tmp_path):
     out = proc.stdout + proc.stderr
     for phase in ("fp32", "quant"):
         assert f"[{phase}] compiling the training step" in out and f"[{phase}] first step done in" in out
-        assert re.search(rf"\[{phase}\] epoch 1/1 .* \d+\.\d s \(train \d+\.\d s, eval \d+\.\d s\)", out)
+        assert re.search(rf"\[{phase}\] epoch 1/1 .* \d+\.\d+ s \(train \d+\.\d+ s, eval \d+\.\d+ s\)", out)
     assert "steps/s" in proc.stderr  # the bar (forced on: stderr is a pipe here)
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["logger"]["name"] == "w8a8-qat-synthetic-seed0"

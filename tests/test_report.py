@@ -395,8 +395,8 @@ def test_watch_follows_a_running_sweep(tmp_path):
 def test_hydra_callback_writes_the_report(tmp_path):
     sweep = tmp_path / "cb"
     job = snnexp("-m", "debug=fast", "quant=w8a8", "mode=ptq", f"hydra.sweep.dir={sweep}",
-                 "+hydra.callbacks.report._target_=snnexp.report.callback.ReportCallback",
-                 "+hydra.callbacks.report.interval=1")
+                 "report=true",
+                 "hydra.callbacks.report.interval=1")
     out = job.communicate(timeout=300)[0]
     assert job.returncode == 0, out[-3000:]
     assert f"live report: {sweep.resolve() / 'report.html'}" in out

@@ -266,6 +266,7 @@ class Run:
     resume: bool = spec()
     objective: str = spec(NAME)
     compile_cache: str | None = spec()
+    report: bool = spec()
 
 
 # The option kinds of the groups with a ``_target_``, by target.

@@ -259,7 +259,7 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
             },
             step=epoch0 + epoch,
         )
-        log.info("[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f  %.1f s (train %.1f s, eval %.1f s)",
+        log.info("[%s] epoch %d/%d  loss %.4f  test acc %.2f%%  spike rate %.3f  %.2f s (train %.2f s, eval %.2f s)",
                  phase, epoch, epochs, train_loss, 100 * ev["accuracy"], ev["spike_rate"]["mean"],
                  t_train + t_eval, t_train, t_eval)
         if epoch == epochs or epoch % s.checkpoint_every == 0 or trainer.stop.signum is not None:
