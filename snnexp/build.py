@@ -144,8 +144,8 @@ def pipeline(cfg: DictConfig) -> Callable[..., dict[str, Any]]:
         log.info("mode=%s takes no %s; ignored", m.name, ", ".join(f"mode.{k}" for k in ignored))
     kw = OmegaConf.to_container(OmegaConf.create({k: v for k, v in knobs.items() if k in takes}), resolve=True)
     bwd = kw.get("bwd_qtype")
-    if bwd is not None and bwd not in quant.ACT_QTYPES:
-        raise ConfigError(f"mode.bwd_qtype={bwd!r}; valid choices: {list(quant.ACT_QTYPES)} or null")
+    if bwd is not None and bwd not in quant.BWD_QTYPES:  # mx/nvfp4 gradients would need tiles over the batch
+        raise ConfigError(f"mode.bwd_qtype={bwd!r}; valid choices: {list(quant.BWD_QTYPES)} or null")
     ckpt = kw.get("fp32_checkpoint")
     if ckpt and not Path(ckpt).exists():
         raise ConfigError(f"mode.fp32_checkpoint={ckpt!r} does not exist")

@@ -140,6 +140,24 @@ def test_a_width_the_tile_does_not_divide_is_refused_before_any_compute(tmp_path
     assert not (tmp_path / "checkpoints" / "fp32").exists()  # nothing was trained
 
 
+@pytest.mark.parametrize("bwd", sorted(quant.BLOCK_SIZES))
+def test_a_microscaling_gradient_qtype_is_refused_before_any_data_loads(bwd, tmp_path):
+    cfg = make_cfg("debug=fast", "mode=qt", f"mode.bwd_qtype={bwd}")
+    with pytest.raises(ValueError, match=f"mode.bwd_qtype='{bwd}'.*valid choices: .*'float8_e5m2'"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "network.json").exists()  # refused before the data were loaded
+
+
+@pytest.mark.parametrize("bwd", ["int4", "nf4", "float8_e5m2"])
+def test_other_gradient_qtypes_train(bwd):
+    model = lif_model(32, (64,))
+    x = (jax.random.uniform(jax.random.key(0), (5, 4, 32)) < 0.4).astype(jnp.float32)
+    q = quant.quantize(model, quant.parse_recipe([dict(weight_qtype="int8", act_qtype="int8")]), "qt", x,
+                       bwd_qtype=bwd)
+    grads = nnx.grad(lambda m: m(x, loop="scan")[0].sum())(q)
+    assert np.abs(np.asarray(grads["fc"][0]["kernel"][...])).sum() > 0
+
+
 # ------------------------------------------------------------------ item 3: spikes exact under jit
 
 

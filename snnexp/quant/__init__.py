@@ -29,6 +29,7 @@ from snnexp.quant.providers import (
 from snnexp.quant.recipes import (
     ACT_QTYPES,
     BLOCK_SIZES,
+    BWD_QTYPES,
     CALIBRATION_METHODS,
     FLOAT_QTYPES,
     INT_QTYPES,
@@ -39,8 +40,8 @@ from snnexp.quant.recipes import (
 )
 
 __all__ = [
-    "ACT_QTYPES", "BLOCK_SIZES", "CALIBRATION_METHODS", "FLOAT_QTYPES", "INT_QTYPES", "WEIGHT_QTYPES", "Mode",
-    "PtqProvider", "QtProvider", "RecipeError", "Rule", "analog_calibration", "check_shapes", "check_tiles",
+    "ACT_QTYPES", "BLOCK_SIZES", "BWD_QTYPES", "CALIBRATION_METHODS", "FLOAT_QTYPES", "INT_QTYPES", "WEIGHT_QTYPES",
+    "Mode", "PtqProvider", "QtProvider", "RecipeError", "Rule", "analog_calibration", "check_shapes", "check_tiles",
     "conv_as_dot_general", "input_layer", "is_spike_train", "parse_recipe", "quantize", "representative_sample",
     "spike_exact_calibration", "spike_range", "spike_scale", "ternarize", "ternary_ste", "tile_size",
     "to_qwix_rules", "weight_paths",

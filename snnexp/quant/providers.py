@@ -39,7 +39,7 @@ from qwix._src import averaging
 from qwix._src.utils import flax_util
 
 from snnexp.errors import ConfigError
-from snnexp.quant.recipes import BLOCK_SIZES, INT_QTYPES, RecipeError, Rule
+from snnexp.quant.recipes import BLOCK_SIZES, BWD_QTYPES, INT_QTYPES, RecipeError, Rule
 
 Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
 
@@ -223,7 +223,14 @@ def to_qwix_rules(
     Returns:
         qwix rules (``QtRule`` for training modes, ``QuantizationRule`` else).
     """
+    _check_bwd(mode, bwd_qtype)
     return [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in _expand(rules, analog, paths)]
+
+
+def _check_bwd(mode: Mode, bwd_qtype: str | None) -> None:
+    if mode == "qt" and bwd_qtype is not None and bwd_qtype not in BWD_QTYPES:
+        raise RecipeError(f"mode.bwd_qtype={bwd_qtype!r}: qwix's quantized gradients take no tiles; "
+                          f"valid choices: {list(BWD_QTYPES)} or null")
 
 
 def _qwix_rule(r: Rule, module_path: str, is_analog: bool, mode: Mode,
@@ -369,6 +376,7 @@ def quantize(
     if analog_inputs is None:
         analog_inputs = () if is_spike_train(sample) else (input_layer(model, sample),)
     analog_inputs = tuple(analog_inputs)
+    _check_bwd(mode, bwd_qtype)
     expanded = _expand(rules, analog_inputs, paths)
     qrules = [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in expanded]
     ternary = [r.weight_qtype == "ternary" for r, _, _ in expanded]

@@ -22,6 +22,10 @@ CALIBRATION_METHODS = ("absmax", "minmax", "rms", "fixed", "spikes")
 # Sub-channel block size each microscaling format requires: qwix refuses any
 # other tile, so ``tile_size: null`` means this size for these formats.
 BLOCK_SIZES = {"mxfp8": 32, "mxfp4": 32, "nvfp4": 16}
+# Gradient qtypes of QT (mode.bwd_qtype): a microscaling gradient would need
+# tiles along the batch rows the weight gradient contracts over, whose count
+# varies; qwix raises "Format mxfp4 requires `tiled_axes`" for them.
+BWD_QTYPES = tuple(q for q in ACT_QTYPES if q not in BLOCK_SIZES)
 
 
 class RecipeError(ValueError):
