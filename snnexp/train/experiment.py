@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from snnexp import build, checkpoint, schema
@@ -81,7 +80,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 model=model, rules=rules, sample=sample,
                 trainer=Trainer(Arrays.put(data), settings, tracker, state, stop),
                 optimizer=lambda steps, lr_scale: build.optimizer(cfg, steps, lr_scale=lr_scale),
-                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, input_mean=float(np.mean(data.x_test)),
+                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name,
             )
             result = pipeline(setup)
         state.close()

@@ -46,7 +46,6 @@ class Setup:
     run_dir: RunDir
     recipe: str  # the recipe's name
     mode: str  # the mode's name
-    input_mean: float  # mean test input (synaptic operations of the input layer)
     fits: list[FitResult] = field(default_factory=list)  # the training phases so far
     epochs: int = 0  # training epochs so far
 
