@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from snnexp import build, checkpoint, quant, tracking
+from snnexp import checkpoint, tracking
 from snnexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ def load_deployed(run_dir: Path) -> tuple[DictConfig, nnx.Module]:
     Raises:
         FileNotFoundError: the directory holds no finished run.
     """
+    from snnexp import build, quant  # build imports the training loop, which imports this module
+
     run_dir = Path(run_dir)
     for name in ("config.yaml", "network.json", "checkpoints/quant"):
         if not (run_dir / name).exists():

@@ -133,3 +133,11 @@ def test_an_optuna_search_is_persistent_and_resumes(tmp_path):
     jobs = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
     assert len(jobs) == 4 and all(j["status"] == "ok" for j in jobs)
     assert sorted(j["quant_accuracy"] for j in jobs) == sorted(t.value for t in study.trials)
+
+
+@pytest.mark.parametrize("module", ["snnexp.__main__", "snnexp.rundir", "snnexp.build", "snnexp.report"])
+def test_each_entry_module_imports_first_in_a_fresh_process(module):
+    # the package's modules import one another; any of them may be the first a user imports
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
