@@ -68,10 +68,10 @@ def readme_default_table(text: str) -> dict[str, float]:
 def readme_recipes_table(text: str) -> dict[tuple[str, str], float]:
     """``(recipe, mode) -> accuracy %`` from the README's recipes table."""
     block = text[text.index("## Recipes"):text.index("### Writing a recipe")]
-    header = re.search(r"^\| recipe \| weight bytes \|(.+)\|$", block, flags=re.M)
+    header = re.search(r"^\| recipe \| weight bytes \| packed bytes \|(.+)\|$", block, flags=re.M)
     modes = [m.strip() for m in header.group(1).split("|")]
     out = {}
-    for row in re.findall(r"^\| `(\w+)` \| \d+ \|(.+)\|$", block, flags=re.M):
+    for row in re.findall(r"^\| `(\w+)` \| \d+ \| \d+ \|(.+)\|$", block, flags=re.M):
         for mode, value in zip(modes, row[1].split("|"), strict=True):
             out[(row[0], mode)] = float(value)
     return out
@@ -104,7 +104,7 @@ def main() -> int:
 
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             digits = build.data(compose(config_name="train"))
-        split = re.search(r"digits split is (\d+) train / (\d+) test", text)
+        split = re.search(r"digits split is (\d+) train / (\d+)\s+test", text)
         if split:
             results.append(compare("digits train images", float(split.group(1)), len(digits.x_train), 0))
             results.append(compare("digits test images", float(split.group(2)), len(digits.x_test), 0))
