@@ -90,6 +90,7 @@ def test_a_key_from_wandb_login_counts(host, base_url, online, tmp_path, monkeyp
     assert tracking.wandb_mode(None) == "offline"
 
 
+@pytest.mark.slow
 def test_an_offline_run_says_how_to_upload_it(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="snnexp.tracking"):
         run(make_cfg("debug=fast", "logger=wandb", "logger.mode=offline", "mode=ptq"), tmp_path)

@@ -149,6 +149,7 @@ def test_spyx_alone_would_stick_past_one():
 
 # spyx 1.0's CuBaLIF/ALIF double every axis of a multi-axis state (initial_state), so on conv maps
 # they fail in spyx itself; the conv case uses LIF.
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "neuron", "modes"), [("feedforward", "cuba_lif", ("fp32", "qat")),
                                                         ("recurrent", "alif", ("qat",)), ("conv", "lif", ("fp32",))])
 def test_optimizer_steps_move_learned_decays_only(model, neuron, modes):
@@ -186,6 +187,7 @@ def alif_net(seed: int, gamma: float) -> nnx.Module:
     return net
 
 
+@pytest.mark.slow
 def test_decays_survive_quantization_and_checkpoints(tmp_path):
     net = alif_net(0, 0.6)
     net.neurons[0].beta.set_raw_value(net.neurons[0].beta.get_raw_value() + 0.3)  # as after training

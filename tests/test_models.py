@@ -470,6 +470,7 @@ def test_every_base_preset_has_a_quant_variant():
     assert set(PRESETS) == set(BASES) | {f"{b}_quant" for b in BASES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_and_builds(preset):
     cfg = make_cfg(f"experiment={preset}")

@@ -77,6 +77,7 @@ def run_and_reload(weight: str, act: str, mode: str, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ item 1: every qtype, every mode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("weight", "act", "mode"), FAST)
 def test_qtype_runs_end_to_end(weight, act, mode, tmp_path):
     run_and_reload(weight, act, mode, tmp_path)
@@ -148,6 +149,7 @@ def test_a_microscaling_gradient_qtype_is_refused_before_any_data_loads(bwd, tmp
     assert not (tmp_path / "network.json").exists()  # refused before the data were loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bwd", ["int4", "nf4", "float8_e5m2"])
 def test_other_gradient_qtypes_train(bwd):
     model = lif_model(32, (64,))
@@ -323,6 +325,7 @@ def analog_synthetic(**kwargs) -> Dataset:
     return Dataset(analog(d.x_train), d.y_train, analog(d.x_test), d.y_test, d.n_classes, "analog_synthetic")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ptq", "srq"])
 def test_an_analog_run_deploys_and_reloads_with_its_input_layer_calibrated(mode, tmp_path):
     cfg = make_cfg("debug=fast", "quant=w8a8", f"mode={mode}", "data._target_=tests.test_qtypes.analog_synthetic")
@@ -339,6 +342,7 @@ def test_an_analog_run_deploys_and_reloads_with_its_input_layer_calibrated(mode,
         assert model.readout.dot_general0_lhs_scale.array.get_value().reshape(()) == quant.spike_scale("int8")
 
 
+@pytest.mark.slow
 def test_a_binary_run_keeps_the_spike_range_on_its_input_layer(tmp_path):
     cfg = make_cfg("debug=fast", "quant=w8a8", "mode=srq")
     assert quant.is_spike_train(build.data(cfg).x_train)

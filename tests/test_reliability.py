@@ -119,12 +119,14 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_finishes_identically(tmp_path):
     assert len(segments) == 2 and all(p.name.endswith(run_id) for p in segments)  # bit-identical on CPU
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     a = run(make_cfg("debug=fast", "quant=w4a8", "mode=srq"), tmp_path / "a")
     b = run(make_cfg("debug=fast", "quant=w4a8", "mode=srq"), tmp_path / "b")
     assert without_timing(a) == without_timing(b)
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_run_again(tmp_path):
     first = run(make_cfg("debug=fast"), tmp_path)
     stamp = (tmp_path / "metrics.json").stat().st_mtime_ns
@@ -132,6 +134,7 @@ def test_finished_run_is_not_run_again(tmp_path):
     assert (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
     run(make_cfg("debug=fast"), tmp_path)
     with pytest.raises(ConfigError, match="another configuration.*trainer.epochs: 1 -> 2"):
@@ -140,6 +143,7 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
     assert again["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_nan_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     cfg = make_cfg("debug=fast", "trainer.epochs=2", "mode=qat", "mode.lr_scale=inf")
     with pytest.raises(NumericalError, match=r"\[quant\] the (training|test) loss is (nan|inf).*epoch 1"):
@@ -151,11 +155,13 @@ def test_nan_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     assert any((tmp_path / "checkpoints" / "train").iterdir())  # the last good state
 
 
+@pytest.mark.slow
 def test_gradient_clipping_keeps_training_finite(tmp_path):
     m = run(make_cfg("debug=fast", "optim.grad_clip_norm=0.5", "optim.lr=0.05"), tmp_path)
     assert np.isfinite(m["quant_loss"])
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_shape_names_the_parameter(tmp_path):
     run(make_cfg("debug=fast", "mode=ptq"), tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoints" / "fp32"
@@ -204,6 +210,7 @@ def test_no_secret_is_written_to_the_run_directory(tmp_path):
             assert secret.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_wandb_failure_at_init_does_not_stop_the_run(tmp_path, monkeypatch):
     # online mode without any API key and without a network: W&B refuses to start
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

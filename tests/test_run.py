@@ -49,6 +49,7 @@ def test_every_recipe_and_mode_runs(recipe, mode, tmp_path):
         assert m["weight_bytes_quant"] < m["weight_bytes_fp32"] / 2.5
 
 
+@pytest.mark.slow
 def test_history_has_every_epoch(tmp_path):
     cfg = make_cfg("debug=fast", "trainer.epochs=2", "mode.quant_epochs=2")
     run(cfg, tmp_path)
@@ -57,6 +58,7 @@ def test_history_has_every_epoch(tmp_path):
     assert "fp32/test_accuracy" in rows[0] and "quant/test_accuracy" in rows[3]
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_task(tmp_path):
     cfg = make_cfg("debug=fast", "quant=w8a8", "mode=qat", "trainer.epochs=15", "data.n_train=256",
                    "data.n_test=128")
@@ -64,6 +66,7 @@ def test_learns_the_synthetic_task(tmp_path):
     assert m["fp32_accuracy"] > 0.6 and m["quant_accuracy"] > 0.6
 
 
+@pytest.mark.slow
 def test_fp32_checkpoint_skips_training_and_gives_the_same_fp32_accuracy(tmp_path):
     first = run(make_cfg("debug=fast", "mode=ptq"), tmp_path / "a")
     ckpt = tmp_path / "a" / "checkpoints" / "fp32"
@@ -130,6 +133,7 @@ def test_command_line_run_writes_metrics(tmp_path):
     assert "quant accuracy" in proc.stdout + proc.stderr  # the results table
 
 
+@pytest.mark.slow
 def test_deployed_integer_network_loads_back_with_its_accuracy(tmp_path):
     import jax.numpy as jnp
     import numpy as np
