@@ -1,31 +1,22 @@
 """Quantization: recipes as data (``recipes``), qwix providers that really apply (``providers``).
 
-The only package that touches qwix, workarounds included (``conv``: a
-convolution as one ``dot_general``). docs/qwix_on_snns.md says what qwix does
+The only package that touches qwix, workarounds included: the spike grid
+(``grid``), up-front checks against the model (``checks``), a convolution as
+one ``dot_general`` (``conv``). docs/qwix_on_snns.md says what qwix does
 on spiking networks and which of its failures are silent.
 """
 
+from snnexp.quant.checks import check_shapes, check_tiles, input_layer, tile_size, weight_paths
 from snnexp.quant.conv import conv_as_dot_general
-from snnexp.quant.providers import (
-    Mode,
-    PtqProvider,
-    QtProvider,
+from snnexp.quant.grid import (
     analog_calibration,
-    check_shapes,
-    check_tiles,
-    input_layer,
     is_spike_train,
-    quantize,
     representative_sample,
     spike_exact_calibration,
     spike_range,
     spike_scale,
-    ternarize,
-    ternary_ste,
-    tile_size,
-    to_qwix_rules,
-    weight_paths,
 )
+from snnexp.quant.providers import Mode, PtqProvider, QtProvider, quantize, ternarize, ternary_ste, to_qwix_rules
 from snnexp.quant.recipes import (
     ACT_QTYPES,
     BLOCK_SIZES,

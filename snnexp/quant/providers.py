@@ -32,14 +32,14 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import qwix
 from flax import nnx
 from qwix._src import averaging
 from qwix._src.utils import flax_util
 
-from snnexp.errors import ConfigError
-from snnexp.quant.recipes import BLOCK_SIZES, BWD_QTYPES, INT_QTYPES, RecipeError, Rule
+from snnexp.quant.checks import check_tiles, first_matches, input_layer, tile_size, weight_paths
+from snnexp.quant.grid import analog_calibration, is_spike_train, spike_exact_calibration, spike_scale
+from snnexp.quant.recipes import BWD_QTYPES, RecipeError, Rule
 
 Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
 
@@ -49,136 +49,11 @@ Mode = Literal["qat", "qt", "ptq", "calibrate", "srq"]
 _TERNARY_AS = {"weight_qtype": "int2", "weight_calibration_method": "absmax,1.5"}
 
 
-
 # qtypes whose codes qwix keeps in a container of another dtype (int2/int3 in
 # int4, int5..int7 in int8, nf4 in uint4). qwix's quantized backward pass
 # asserts ``qtype == qvalue.dtype`` for them unless it keeps the original
 # residuals.
 _CONTAINED = ("int2", "int3", "int5", "int6", "int7", "nf4", "ternary")
-
-
-def _bound(qtype: str) -> float:
-    """The symmetric bound qwix uses for ``qtype`` (``qmax + 0.5`` for integers)."""
-    if qtype in INT_QTYPES:
-        return 2 ** (int(qtype[3:]) - 1) - 0.5
-    return {"nf4": 1.0, "float8_e4m3fn": 448.0, "float8_e5m2": 57344.0, "mxfp8": 448.0,
-            "mxfp4": 6.0, "nvfp4": 6.0}[qtype]
-
-
-def spike_range(qtype: str) -> float:
-    """The half-width ``c`` of the fixed range ``[-c, c]`` under which a spike of 1.0 is exact.
-
-    Integers: ``c ≈ bound / qmax`` (``(qmax + 0.5) / qmax``), nudged by float32
-    ulps until the scale ``s = fl(c / bound)`` satisfies ``fl(qmax * s) == 1``
-    and ``rint(fl(1 / s)) == qmax``, so 1.0 quantizes to the top code and
-    comes back as 1.0 whether the quantizer divides by ``s`` or multiplies by
-    ``1 / s`` (what XLA makes of a division under ``jax.jit``). Floating
-    formats: ``c = bound / 2**k`` with ``2**k`` the largest power of two
-    ``<= bound``, so the scale is the power of two ``2**-k`` and 1.0 is the
-    code ``2**k``, exact in the format (mxfp's power-of-two and nvfp4's
-    float8 scale rounding leave it unchanged).
-
-    Args:
-        qtype: an activation qtype of ``ACT_QTYPES``.
-
-    Returns:
-        ``c`` as a Python float (exactly a float32 value).
-    """
-    if qtype in INT_QTYPES:
-        return _spike_factor(2 ** (int(qtype[3:]) - 1) - 1)
-    bound = _bound(qtype)
-    return float(np.float32(bound / 2.0 ** np.floor(np.log2(bound))))
-
-
-def spike_scale(qtype: str) -> np.float32:
-    """The activation scale of the spike range: ``fl(spike_range / bound)`` in float32."""
-    return np.float32(np.float32(spike_range(qtype)) / np.float32(_bound(qtype)))
-
-
-def spike_exact_calibration(qtype: str, *, static: bool = False) -> str:
-    """The qwix calibration method of a layer fed spikes: the fixed range of ``spike_range``.
-
-    The range does not depend on the data, so it is the same for dynamic and
-    static scales; it is written ``"fixed,c"``, which qwix reads as
-    ``[-c, c]``. (An absmax scaled to the same value would be computed at run
-    time, and under ``jax.jit`` one float32 ulp off; a static statistic
-    averaged over many batches too.)
-
-    Args:
-        qtype: the activation qtype.
-        static: whether the scale is static (SRQ) or per call; the same range either way.
-
-    Returns:
-        A calibration string such as ``"fixed,1.003937005996704"``.
-    """
-    del static  # the same exact range serves both
-    return f"fixed,{spike_range(qtype)!r}"
-
-
-def analog_calibration(qtype: str) -> str:
-    """The qwix calibration method of a layer fed analog values: absmax of the data.
-
-    For integers the absmax is scaled by ``(qmax + 0.5) / qmax``, so the
-    largest value is the top code itself, not rounded past it; nothing inside
-    the calibrated range is clipped. Floating formats map absmax to their
-    largest value already.
-    """
-    if qtype in INT_QTYPES:
-        return f"absmax,{spike_range(qtype)!r}"
-    return "absmax"
-
-
-def _spike_factor(qmax: int) -> float:
-    bound = np.float32(qmax + 0.5)
-    f = np.float32((qmax + 0.5) / qmax)
-    for _ in range(64):
-        scale = np.float32(f / bound)
-        if np.float32(qmax * scale) == 1.0 and np.rint(np.float32(1.0) / scale) == qmax:
-            return float(f)
-        f = np.nextafter(f, np.float32(2.0))
-    raise AssertionError(f"no float32 range keeps 1.0 exact for qmax={qmax}")
-
-
-def tile_size(rule: Rule) -> int | float | None:
-    """The sub-channel tile of ``rule``: its ``tile_size``, else the block size its qtypes require."""
-    if rule.tile_size is not None:
-        return rule.tile_size
-    blocks = [BLOCK_SIZES[q] for q in (rule.weight_qtype, rule.act_qtype) if q in BLOCK_SIZES]
-    return blocks[0] if blocks else None
-
-
-def is_spike_train(x: Any) -> bool:
-    """Whether every value of ``x`` is 0 or 1 (a binary spike train)."""
-    a = np.asarray(x)
-    return bool(np.all((a == 0) | (a == 1)))
-
-
-def representative_sample(x: np.ndarray) -> np.ndarray:
-    """One input ``[1, T, F]`` of ``x`` ``[N, T, F]`` that is analog if any input is.
-
-    ``quantize`` decides from its sample whether the input layer is fed
-    spikes; this picks the first sample that is not binary, or the first
-    sample when all are binary spike trains.
-    """
-    a = np.asarray(x)
-    for start in range(0, len(a), 1024):  # in chunks: no boolean copy of a whole large data set
-        chunk = a[start : start + 1024]
-        binary = np.all((chunk == 0) | (chunk == 1), axis=tuple(range(1, a.ndim)))
-        if not binary.all():
-            i = start + int(np.argmin(binary))
-            return a[i : i + 1]
-    return a[:1]
-
-
-def _matched(rules: Sequence[Rule], paths: Sequence[str]) -> list[list[str]]:
-    """For each rule, the layer paths it is the first to fullmatch."""
-    out: list[list[str]] = [[] for _ in rules]
-    for p in paths:
-        for i, r in enumerate(rules):
-            if re.fullmatch(r.module_path, p):
-                out[i].append(p)
-                break
-    return out
 
 
 def _expand(rules: Sequence[Rule], analog: Sequence[str],
@@ -190,8 +65,8 @@ def _expand(rules: Sequence[Rule], analog: Sequence[str],
     the original rule keeps the rest, and is left out when ``paths`` (every
     layer path) shows that nothing is left for it.
     """
-    matched = _matched(rules, analog)
-    every = _matched(rules, paths) if paths is not None else None
+    matched = first_matches(rules, analog)
+    every = first_matches(rules, paths) if paths is not None else None
     out = []
     for i, r in enumerate(rules):
         mine = matched[i] if (r.act_qtype and r.act_calibration_method == "spikes") else []
@@ -406,7 +281,7 @@ def _exact_spike_scales(qmodel: nnx.Module, rules: Sequence[Rule], analog: Seque
     the constant spike range it is one ulp low after a few batches.
     """
     modules = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(qmodel)}
-    for r, mine in zip(rules, _matched(rules, list(modules)), strict=True):
+    for r, mine in zip(rules, first_matches(rules, list(modules)), strict=True):
         if not r.act_qtype or r.act_calibration_method != "spikes":
             continue
         exact = spike_scale(r.act_qtype)
@@ -419,96 +294,3 @@ def _exact_spike_scales(qmodel: nnx.Module, rules: Sequence[Rule], analog: Seque
                 if name.endswith("_lhs_scale") and isinstance(scale, nnx.Variable):
                     scale.set_value(jnp.full_like(scale.get_value(), exact))
 
-
-class _FirstMatmul(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by ``_Probe`` at the first matmul, carrying its module path."""
-
-
-class _Probe(qwix.QtProvider):
-    """A provider without rules that stops the forward pass at its first matmul."""
-
-    def _stop(self, *args: Any, **kwargs: Any) -> Any:
-        raise _FirstMatmul("/".join(map(str, flax_util.get_current_module_path())))
-
-    dot_general = _stop
-    conv_general_dilated = _stop
-    einsum = _stop
-
-
-def input_layer(model: nnx.Module, sample: jax.Array) -> str:
-    """The path of the layer whose matmul takes the network input (``fc/0``, ``conv/0``).
-
-    Found by running ``model`` on one step of ``sample`` until its first
-    matmul (qwix intercepts it; nothing is quantized).
-    """
-    try:
-        qwix.quantize_model(model, _Probe([]), sample[:1, :1], loop="unrolled")
-    except _FirstMatmul as e:
-        return str(e)
-    raise RecipeError("the model ran no matmul: there is no layer to quantize")
-
-
-def check_tiles(model: nnx.Module, rules: Sequence[Rule]) -> None:
-    """Refuses a tile that does not divide the contraction size of a layer it applies to.
-
-    qwix tiles the innermost contraction axis (``in_features``; a
-    convolution's input channels) of both the weight and the matmul input.
-
-    Args:
-        model: the network.
-        rules: validated recipe rules.
-
-    Raises:
-        RecipeError: naming the layer, its width, the tile and what would work.
-    """
-    layers = {"/".join(map(str, p)): m for p, m in nnx.iter_modules(model) if isinstance(m, (nnx.Linear, nnx.Conv))}
-    for r, mine in zip(rules, _matched(rules, list(layers)), strict=True):
-        tile = tile_size(r)
-        if tile is None:
-            continue
-        for path in mine:
-            width = int(layers[path].in_features)
-            size = tile if isinstance(tile, int) else round(width * tile)
-            if size < 1 or width % size:
-                need = [q for q in (r.weight_qtype, r.act_qtype) if q in BLOCK_SIZES]
-                why = f"{need[0]} quantizes in blocks of {BLOCK_SIZES[need[0]]}" if need else "tile_size must divide it"
-                raise RecipeError(
-                    f"layer {path} contracts over {width} inputs, which is not a multiple of the tile "
-                    f"{size} (rule module_path={r.module_path!r}, weight_qtype={r.weight_qtype!r}, "
-                    f"act_qtype={r.act_qtype!r}, tile_size={r.tile_size!r}): {why}. Make the layer's input "
-                    f"width a multiple of {size} (model.hidden, or the data's features), exclude {path} "
-                    "with an earlier rule, or choose another qtype."
-                )
-
-
-def weight_paths(model: nnx.Module) -> list[str]:
-    """The '/'-joined paths of the modules that own a matmul weight."""
-    return [
-        "/".join(map(str, path))
-        for path, m in nnx.iter_modules(model)
-        if isinstance(m, (nnx.Linear, nnx.Conv))
-    ]
-
-
-def check_shapes(model: nnx.Module, batch_rows: Sequence[int]) -> None:
-    """Refuses a square layer whose input has as many rows as the layer is wide.
-
-    qwix tells weights from activations by shape; such a layer crashes inside
-    qwix ("lhs and rhs cannot be both weights").
-
-    Args:
-        model: the network.
-        batch_rows: every row count a matmul input will have (batch sizes,
-            batch x time steps, ...).
-
-    Raises:
-        ConfigError: naming the layer and the batch sizes to change.
-    """
-    for path, m in nnx.iter_modules(model):
-        if isinstance(m, nnx.Linear) and m.in_features == m.out_features and m.in_features in batch_rows:
-            name = "/".join(map(str, path))
-            raise ConfigError(
-                f"layer {name} is {m.in_features}x{m.out_features} and a batch has "
-                f"{m.in_features} rows: qwix cannot tell its weight from its input. "
-                "Choose another trainer.batch_size / trainer.eval_batch_size."
-            )
