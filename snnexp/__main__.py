@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
     """Runs one job; returns its objective (``quant_accuracy``) to a sweeper."""
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    launch.label_job_logs()
     try:
         try:
             schema.validate(cfg)  # before the launch settings read the config (run() checks again)

@@ -45,6 +45,17 @@ class _JobPrefix(logging.Filter):
         return True
 
 
+def label_job_logs() -> None:
+    """In a multirun, prefixes every log line of this job with ``[job N]`` (first thing a job does)."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, _JobPrefix)]:
+            handler.removeFilter(f)  # a previous job's, in the same process
+        handler.addFilter(_JobPrefix(hc.job.num))
+
+
 def configure(cfg: DictConfig) -> None:
     """Applies the settings that depend on the launch (single run or sweep job) to the process and ``cfg``."""
     hc = HydraConfig.get()
@@ -52,9 +63,6 @@ def configure(cfg: DictConfig) -> None:
         if hc.mode == RunMode.MULTIRUN:
             # Several jobs may share one accelerator: none may grab all its memory.
             os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-            for handler in logging.getLogger().handlers:
-                if not any(isinstance(f, _JobPrefix) for f in handler.filters):
-                    handler.addFilter(_JobPrefix(hc.job.num))
             if cfg.logger.get("group") is None and "group" in cfg.logger:
                 cfg.logger.group = Path(hc.sweep.dir).as_posix().removeprefix("outputs/")
             if cfg.logger.get("name") is None and "name" in cfg.logger:
