@@ -1,0 +1,466 @@
+"""The integer network a chip runs, built from a deployed snnexp network, and its exact JAX forward.
+
+``IntegerNetwork.from_deployed`` maps the qwix network (integer weight codes
+with per-channel float scales, float neuron parameters) onto one profile's
+integers (docs/hardware.md, "From scales to integers"):
+
+* every neuron ``j`` gets one unit ``u_j``: the float value of one weight
+  step of its synaptic sum. For a layer fed by one matrix it is qwix's
+  channel scale ``sigma_j`` (times the input scale on analog data), so the
+  codes are qwix's own. A recurrent layer's two matrices share the larger of
+  their two scales, and the readout one scale for all classes (so that the
+  class decision is an integer comparison); codes fed a coarser unit are
+  re-rounded;
+* the threshold becomes a per-neuron integer ``round(theta / u_j)``, the bias
+  ``round(b_j / u_j)``: the per-channel weight scales end as per-neuron
+  thresholds, and the float scales leave the network;
+* decays become the profile's multiplier or shift.
+
+``forward`` runs it in int32 (the matmuls of 0/1 spikes and small codes in
+float32, exact below 2**24, checked); ``evaluate`` gives ``quant_accuracy``.
+``simulate`` is the time loop both this forward and the QAT fake-quant model
+(``snnexp.hardware.qat``) run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import spyx.nn
+
+from snnexp.hardware.arith import IntOps, bounds, neuron_step
+from snnexp.hardware.profiles import HardwareError, Profile
+
+KINDS = {spyx.nn.LIF: "lif", spyx.nn.CuBaLIF: "cuba_lif", spyx.nn.IF: "if"}
+_F32_EXACT = 2**24
+
+
+def neuron_kind(neuron: Any) -> str:
+    """``lif``, ``cuba_lif`` or ``if`` for a spyx neuron; ``HardwareError`` for any other."""
+    for cls, kind in KINDS.items():
+        if type(neuron) is cls:
+            return kind
+    raise HardwareError(f"integer neuron state supports neuron=lif, cuba_lif, if; got {type(neuron).__name__} "
+                        "(ALIF's adaptive threshold has no integer form here yet: use hardware=float)")
+
+
+def code_bits(qtype: str | None) -> int:
+    """Width of a weight code: ``intN`` -> N, ``ternary`` -> 2; ``HardwareError`` otherwise."""
+    if qtype == "ternary":
+        return 2
+    if qtype is not None and (m := re.fullmatch(r"int(\d+)", qtype)):
+        return int(m.group(1))
+    raise HardwareError(f"integer neuron state needs integer weights (intN or ternary) in every layer; got {qtype!r}")
+
+
+def code_range(qtype: str) -> tuple[int, int]:
+    """The codes a weight of ``qtype`` can take: ``[-1, 1]`` for ternary, two's complement otherwise."""
+    return (-1, 1) if qtype == "ternary" else bounds(code_bits(qtype))
+
+
+def quantize_decay(beta: np.ndarray, profile: Profile) -> np.ndarray:
+    """The profile's integer form of decays ``beta`` ``[H]``: multiplier ``m`` or shift ``dash`` (int32)."""
+    beta = np.clip(np.asarray(beta, np.float64), 0.0, 1.0)
+    k = profile.decay_bits
+    if profile.decay == "multiply":
+        return np.clip(np.rint(beta * 2**k), 0, 2**k).astype(np.int32)
+    with np.errstate(divide="ignore"):
+        dash = np.rint(-np.log2(np.maximum(1.0 - beta, 1e-12)))
+    return np.clip(dash, 1, 2**k - 1).astype(np.int32)
+
+
+def effective_decay(m: np.ndarray, profile: Profile) -> np.ndarray:
+    """The float decay the integer ``m`` (or ``dash``) stands for."""
+    m = np.asarray(m, np.float64)
+    return m / 2**profile.decay_bits if profile.decay == "multiply" else 1.0 - 2.0**-m
+
+
+@dataclasses.dataclass
+class IntLayer:
+    """One layer of the integer network (all arrays NumPy, per neuron ``[H]`` unless said).
+
+    Attributes:
+        name: ``hidden/i`` or ``readout``.
+        kind: ``lif``, ``cuba_lif``, ``if`` or ``li``.
+        weight: codes ``[n_in, H]`` (int32).
+        recurrent: codes ``[H, H]`` of the layer's own spikes (``None``: none).
+        weight_qtype: the recipe's qtype of these codes (``int8``, ``ternary``, ...).
+        bias: integer bias in weight steps.
+        unit: the float value of one weight step of the synaptic sum (float32).
+        threshold: the integer threshold in state units (already shifted; 0 for ``li``).
+        beta: membrane decay (multiplier or shift); ``alpha``: ``cuba_lif``'s current decay.
+    """
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    recurrent: np.ndarray | None
+    weight_qtype: str
+    bias: np.ndarray
+    unit: np.ndarray
+    threshold: np.ndarray
+    beta: np.ndarray
+    alpha: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        """Neurons in the layer."""
+        return int(self.weight.shape[1])
+
+
+@dataclasses.dataclass
+class IntegerNetwork:
+    """A spiking network in a profile's integers: hidden layers then the LI readout.
+
+    Attributes:
+        profile: the arithmetic.
+        layers: hidden layers, then the readout (``kind == "li"``).
+        input_binary: the inputs are 0/1 spikes (codes = inputs).
+        input_scale: float value of one input code (1.0 for spikes).
+        steps: time steps T the network was built for.
+        threshold_clipped: neurons whose threshold did not fit ``threshold_bits``.
+    """
+
+    profile: Profile
+    layers: list[IntLayer]
+    input_binary: bool
+    input_scale: float
+    steps: int
+    threshold_clipped: int = 0
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_deployed(cls, deployed: Any, rules: Sequence[Any], profile: Profile, x_train: np.ndarray
+                      ) -> IntegerNetwork:
+        """Maps a deployed snnexp network onto ``profile``'s integers.
+
+        Args:
+            deployed: the qwix-deployed ``FeedForwardSNN`` or ``RecurrentSNN``
+                (integer codes, per-channel scales).
+            rules: the recipe it was quantized with.
+            profile: an integer profile.
+            x_train: training inputs ``[N, T, F]``: tell spikes from analog
+                data and give the static input scale.
+
+        Raises:
+            HardwareError: a model, neuron, recipe or width the profile cannot take.
+        """
+        from snnexp import metrics
+
+        if not profile.integer:
+            raise HardwareError("hardware=float has no integer network")
+        if not hasattr(deployed, "neurons") or not hasattr(deployed, "fc") or hasattr(deployed, "conv"):
+            raise HardwareError(f"integer neuron state supports model=feedforward and recurrent; "
+                                f"got {type(deployed).__name__}")
+        mats = {m.path: m for m in metrics.matrices(deployed)}
+        x_train = np.asarray(x_train)
+        binary = bool(np.all((x_train == 0) | (x_train == 1)))
+        qmax_in = 2 ** (profile.input_bits - 1) - 1
+        absmax = float(np.max(np.abs(x_train))) if x_train.size else 1.0
+        in_scale = 1.0 if binary else (absmax / qmax_in if absmax > 0 else 1.0)
+
+        def source(path: str) -> tuple[np.ndarray, np.ndarray, str]:
+            m = mats.get(path)
+            qtype = metrics.qtype_of(path, rules)
+            if m is None or not m.quantized:
+                raise HardwareError(f"integer neuron state needs integer weights in every layer; {path} is float "
+                                    f"(recipe {'leaves it unquantized' if qtype is None else qtype})")
+            bits = code_bits(qtype)
+            if bits > profile.weight_bits:
+                raise HardwareError(f"hardware={profile.name} takes weights of at most {profile.weight_bits} bits; "
+                                    f"{path} is {qtype}")
+            codes = np.asarray(m.codes, np.int64)
+            scale = np.asarray(m.scales[0], np.float64) if m.scales else np.ones(1)
+            if scale.size not in (1, codes.shape[1]):
+                raise HardwareError(f"{path}: scales of shape {scale.shape} (tiled weights) have no per-neuron "
+                                    "integer form; use tile_size: null with integer neuron state")
+            return codes, np.broadcast_to(scale.reshape(-1), (codes.shape[1],)).astype(np.float64), qtype
+
+        layers, clipped = [], 0
+        for i, neuron in enumerate(deployed.neurons):
+            kind = neuron_kind(neuron)
+            paths = [f"fc/{i}"] + ([f"rec/{i}"] if hasattr(deployed, "rec") else [])
+            srcs = [source(p) for p in paths]
+            codes, unit, qtype = _share_unit([s[0] for s in srcs], [s[1] for s in srcs], srcs[0][2], per_neuron=True)
+            unit = unit * (in_scale if i == 0 else 1.0)
+            theta, n_clip = _threshold(float(neuron.threshold), unit, profile)
+            clipped += n_clip
+            layers.append(IntLayer(
+                name=f"hidden/{i}", kind=kind, weight=codes[0], recurrent=codes[1] if len(codes) > 1 else None,
+                weight_qtype=qtype, bias=_bias(deployed.fc[i], unit, profile), unit=unit.astype(np.float32),
+                threshold=theta, beta=_decay(neuron, "beta", kind != "if", profile),
+                alpha=_decay(neuron, "alpha", kind == "cuba_lif", profile),
+            ))
+        codes, unit, qtype = _share_unit([source("readout")[0]], [source("readout")[1]], source("readout")[2],
+                                         per_neuron=False)
+        n_out = codes[0].shape[1]
+        li_beta = np.broadcast_to(np.asarray(deployed.li.beta[...], np.float64), (n_out,))
+        layers.append(IntLayer(
+            name="readout", kind="li", weight=codes[0], recurrent=None, weight_qtype=qtype,
+            bias=_bias(deployed.readout, unit, profile), unit=unit.astype(np.float32),
+            threshold=np.zeros(n_out, np.int32), beta=quantize_decay(li_beta, profile),
+        ))
+        net = cls(profile, layers, binary, float(in_scale), int(x_train.shape[1]), clipped)
+        net.check_exact()
+        return net
+
+    def check_exact(self) -> None:
+        """Refuses a network whose int32 arithmetic could overflow (a wider profile than int32 allows)."""
+        x_max = 1 if self.input_binary else 2 ** (self.profile.input_bits - 1)
+        for i, layer in enumerate(self.layers):
+            fan = layer.weight.shape[0] * (x_max if i == 0 else 1)
+            if layer.recurrent is not None:
+                fan += layer.recurrent.shape[0]
+            worst = fan * int(np.max(np.abs(layer.weight), initial=1)) + int(np.max(np.abs(layer.bias), initial=0))
+            if worst >= 2**31:
+                raise HardwareError(f"{layer.name}: a synaptic sum can reach {worst}, past int32")
+
+    def f32_exact(self, i: int) -> bool:
+        """Whether layer ``i``'s matmul is exact in float32 (every partial sum below 2**24)."""
+        layer = self.layers[i]
+        x_max = 1 if (self.input_binary or i > 0) else 2 ** (self.profile.input_bits - 1)
+        return layer.weight.shape[0] * x_max * int(np.max(np.abs(layer.weight), initial=1)) < _F32_EXACT
+
+    # ------------------------------------------------------------ running
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Input codes ``[B, T, F]`` int32: spikes as they are, analog ``clip(rint(x / input_scale))``.
+
+        NumPy float32 arithmetic, as the docs specify (the reference does the same).
+        """
+        x = np.asarray(x, np.float32)
+        if self.input_binary:
+            return x.astype(np.int32)
+        q = 2 ** (self.profile.input_bits - 1) - 1
+        return np.clip(np.rint(x / np.float32(self.input_scale)), -q, q).astype(np.int32)
+
+    def arrays(self) -> dict[str, Any]:
+        """The network's integer parameters as a pytree of jnp arrays (what ``forward`` takes)."""
+        out = []
+        for layer in self.layers:
+            entry = {"w": jnp.asarray(layer.weight, jnp.int32), "b": jnp.asarray(layer.bias, jnp.int32),
+                     "theta": jnp.asarray(layer.threshold, jnp.int32), "beta": jnp.asarray(layer.beta, jnp.int32),
+                     "unit": jnp.asarray(layer.unit, jnp.float32)}
+            if layer.recurrent is not None:
+                entry["rec"] = jnp.asarray(layer.recurrent, jnp.int32)
+            if layer.alpha is not None:
+                entry["alpha"] = jnp.asarray(layer.alpha, jnp.int32)
+            out.append(entry)
+        return {"layers": out}
+
+    @property
+    def structure(self) -> tuple:
+        """What ``forward`` compiles for: profile, kinds, exactness of the float32 matmuls."""
+        return (self.profile, tuple(layer.kind for layer in self.layers),
+                tuple(self.f32_exact(i) for i in range(len(self.layers))))
+
+    def run(self, codes: np.ndarray, *, record: bool = False) -> dict[str, np.ndarray]:
+        """Runs input codes ``[B, T, F]`` through the integer network (``forward``), on host arrays."""
+        out = _forward(self.structure, record, self.arrays(), jnp.asarray(codes, jnp.int32))
+        return jax.device_get(out)
+
+
+def _share_unit(codes: Sequence[np.ndarray], scales: Sequence[np.ndarray], qtype: str, *, per_neuron: bool
+                ) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """One unit per neuron (or per layer) for matrices that feed the same neurons; codes re-rounded onto it."""
+    unit = np.max(np.stack(scales), axis=0)
+    if not per_neuron:
+        unit = np.full_like(unit, unit.max())
+    unit = np.where(unit > 0, unit, 1.0)
+    lo, hi = code_range(qtype)
+    out = [np.clip(np.rint(c * (s / unit)), lo, hi).astype(np.int32) for c, s in zip(codes, scales, strict=True)]
+    return out, unit, qtype
+
+
+def _threshold(theta: float, unit: np.ndarray, profile: Profile) -> tuple[np.ndarray, int]:
+    raw = np.rint(theta / unit)
+    top = 2**profile.threshold_bits - 1
+    clipped = int(np.sum((raw < 1) | (raw > top)))
+    return (np.clip(raw, 1, top).astype(np.int64) << profile.shift).astype(np.int32), clipped
+
+
+def _bias(linear: Any, unit: np.ndarray, profile: Profile) -> np.ndarray:
+    if getattr(linear, "bias", None) is None:
+        return np.zeros(unit.shape, np.int32)
+    lo, hi = bounds(profile.accumulator_bits)
+    return np.clip(np.rint(np.asarray(linear.bias[...], np.float64) / unit), lo, hi).astype(np.int32)
+
+
+def _decay(neuron: Any, name: str, present: bool, profile: Profile) -> np.ndarray | None:
+    if not present:
+        return None if name == "alpha" else np.zeros(neuron.hidden_shape, np.int32)
+    beta = np.broadcast_to(np.asarray(getattr(neuron, name)[...], np.float64), neuron.hidden_shape)
+    return quantize_decay(beta, profile)
+
+
+# ------------------------------------------------------------------ the time loop
+
+
+def simulate(ops: IntOps, kinds: Sequence[str], params: Sequence[dict[str, Any]], drive0: jax.Array,
+             drive: Callable[[int, jax.Array], jax.Array], recur: Callable[[int, jax.Array], jax.Array],
+             accumulate: Callable[[int, jax.Array], jax.Array], readout: Callable[[jax.Array], jax.Array],
+             dtype: Any, record: bool = False) -> dict[str, Any]:
+    """The integer network's time loop, shared by the deployed forward and the fake-quant model.
+
+    Args:
+        ops: ``IntOps`` or ``SteOps``.
+        kinds: neuron kind per layer, the readout (``li``) last.
+        params: per-layer ``theta``, ``unit``, ``beta`` (and ``alpha``).
+        drive0: the first layer's synaptic sums, hoisted ``[T, B, H0]`` (before bias and fitting).
+        drive: ``(i, spikes [B, H_{i-1}]) -> [B, H_i]``, layer ``i > 0``'s feed-forward sum.
+        recur: ``(i, spikes [B, H_i]) -> [B, H_i]`` the recurrent sum of layer ``i``
+            from the spikes it fires this step, or 0.
+        accumulate: ``(i, raw) -> accumulator``: adds the bias and fits ``accumulator_bits``
+            (and, for fake quant, rounds).
+        readout: ``spikes [T, B, H_last] -> [T, B, C]`` the readout's accumulators.
+        dtype: the state's dtype (int32 or float32).
+        record: also return every hidden layer's spikes ``[T, B, H]``.
+
+    Returns:
+        ``{"out": [B, T, C] readout membrane, "rates": [B, T, L], "counts": [L+1, 3],
+        "acc_max": [L+1]}`` and, with ``record``, ``"spikes"``: a list of ``[T, B, H]``.
+    """
+    hidden = list(kinds[:-1])
+    b = drive0.shape[1]
+
+    def init(i: int, kind: str) -> tuple[jax.Array, ...]:
+        h = params[i]["theta"].shape[0]
+        z = jnp.zeros((b, h), dtype)
+        return (z, z) if kind == "cuba_lif" else (z,)
+
+    def step(carry, d0):
+        state, counts, acc_max = carry
+        new_state, rates, spikes = [], [], []
+        x = None
+        for i, kind in enumerate(hidden):
+            raw = d0 if i == 0 else drive(i, x)
+            fired = ops.spike(state[i][0], params[i]["theta"], params[i]["unit"])
+            raw = raw + recur(i, fired)
+            a = accumulate(i, raw)
+            x, st, c = neuron_step(kind, ops, state[i], a.value, params[i])
+            new_state.append(st)
+            rates.append(jnp.mean(x, axis=-1))
+            spikes.append(x.astype(jnp.int8) if record else None)
+            counts = counts.at[i].add(jnp.stack([a.count, c.current, c.membrane]))
+            acc_max = acc_max.at[i].max(jax.lax.stop_gradient(a.peak))
+        return (new_state, counts, acc_max), (x, jnp.stack(rates, -1), spikes if record else None)
+
+    n = len(kinds)
+    carry0 = ([init(i, k) for i, k in enumerate(hidden)], jnp.zeros((n, 3), jnp.int32), jnp.zeros(n, jnp.int32))
+    (_, counts, acc_max), (last, rates, spikes) = jax.lax.scan(step, carry0, drive0)
+    a_out = accumulate(n - 1, readout(last))
+
+    def integrate(v, a_t):
+        out, (v,), c = neuron_step("li", ops, (v,), a_t, params[-1])
+        return v, (out, c.membrane)
+
+    c_out = params[-1]["theta"].shape[0]
+    _, (out, v_count) = jax.lax.scan(integrate, jnp.zeros((b, c_out), dtype), a_out.value)
+    counts = counts.at[n - 1].add(jnp.stack([a_out.count, jnp.int32(0), jnp.sum(v_count, dtype=jnp.int32)]))
+    acc_max = acc_max.at[n - 1].max(jax.lax.stop_gradient(a_out.peak))
+    result = {"out": jnp.swapaxes(out, 0, 1), "rates": jnp.swapaxes(rates, 0, 1), "counts": counts,
+              "acc_max": acc_max}
+    if record:
+        result["spikes"] = spikes
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Accumulated:
+    """An accumulator fitted to its width: value, elements past the width, largest magnitude seen."""
+
+    value: jax.Array
+    count: jax.Array
+    peak: jax.Array
+
+
+def _matmul(x: jax.Array, w: jax.Array, exact_f32: bool) -> jax.Array:
+    """``x @ w`` of integers, int32 result: float32 where that is exact, else an int32 dot."""
+    if exact_f32:
+        return jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32)).astype(jnp.int32)
+    return jax.lax.dot(x.astype(jnp.int32), w, preferred_element_type=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward(structure: tuple, record: bool, arrays: dict[str, Any], codes: jax.Array) -> dict[str, Any]:
+    """The deployed integer forward: input codes ``[B, T, F]`` int32 -> ``simulate``'s outputs."""
+    profile, kinds, exact = structure
+    ops = IntOps(profile)
+    layers = arrays["layers"]
+    b, t, f = codes.shape
+    d0 = _matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]).reshape(b, t, -1)
+
+    def accumulate(i: int, raw: jax.Array) -> Accumulated:
+        raw = raw + layers[i]["b"]
+        fitted = ops.fit(raw, profile.accumulator_bits, profile.acc_overflow)
+        return Accumulated(fitted.value, fitted.count, jnp.max(jnp.abs(raw)).astype(jnp.int32))
+
+    def readout(spikes: jax.Array) -> jax.Array:
+        tt, bb, h = spikes.shape
+        return _matmul(spikes.reshape(tt * bb, h), layers[-1]["w"], exact[-1]).reshape(tt, bb, -1)
+
+    return simulate(
+        ops, kinds, layers, jnp.swapaxes(d0, 0, 1),
+        drive=lambda i, x: _matmul(x, layers[i]["w"], exact[i]),
+        recur=lambda i, s: _matmul(s, layers[i]["rec"], True) if "rec" in layers[i] else 0,
+        accumulate=accumulate, readout=readout, dtype=jnp.int32, record=record,
+    )
+
+
+def bits_needed(peak: int) -> int:
+    """Two's-complement bits that hold every value of magnitude up to ``peak``."""
+    return max(2, math.ceil(math.log2(int(peak) + 1)) + 1)
+
+
+def evaluate(net: IntegerNetwork, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> dict[str, Any]:
+    """``net``'s accuracy, loss, spike rates and overflow record on ``(x [N, T, F], y [N])``.
+
+    The class is ``argmax_c sum_t U[c, t]`` of the readout membrane, an integer
+    comparison (ties go to the lowest class). The loss is the cross-entropy of
+    the float logits ``unit * mean_t U / 2**shift`` (what the float network's
+    loss reads).
+
+    Returns:
+        ``{"accuracy", "loss", "spike_rate": {"layer_i", "mean"}, "overflow": {...},
+        "accumulator_peak": [L+1]}``.
+    """
+    codes = net.encode(x)
+    y = np.asarray(y)
+    n = codes.shape[0]
+    bs = min(batch_size, n)
+    correct, loss, rate_sum = 0, 0.0, 0.0
+    counts = np.zeros((len(net.layers), 3), np.int64)
+    peak = np.zeros(len(net.layers), np.int64)
+    unit = np.float64(net.layers[-1].unit[0]) / 2**net.profile.shift
+    for start in range(0, n, bs):  # the last, shorter batch compiles once more: padding rows would count
+        out = net.run(codes[start:start + bs])
+        labels = y[start:start + bs]
+        trace = np.asarray(out["out"], np.int64)
+        scores = trace.sum(axis=1)
+        correct += int(np.sum(np.argmax(scores, axis=-1) == labels))
+        logits = scores * unit / trace.shape[1]
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        loss += float(-logp[np.arange(len(labels)), labels].sum())
+        rate_sum = rate_sum + np.asarray(out["rates"]).mean(axis=1).sum(axis=0)
+        counts += np.asarray(out["counts"])
+        peak = np.maximum(peak, np.asarray(out["acc_max"]))
+    rates = np.asarray(rate_sum) / n
+    names = [layer.name for layer in net.layers]
+    return {
+        "accuracy": correct / n,
+        "loss": loss / n,
+        "spike_rate": {**{f"layer_{i}": float(r) for i, r in enumerate(rates)}, "mean": float(rates.mean())},
+        "overflow": {name: {"accumulator": int(c[0]), "current": int(c[1]), "membrane": int(c[2])}
+                     for name, c in zip(names, counts, strict=True)},
+        "accumulator_peak": [int(p) for p in peak],
+    }
