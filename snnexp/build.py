@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from hydra.errors import InstantiationException
@@ -25,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from snnexp import quant, tracking
 from snnexp.data import Dataset
 from snnexp.errors import ConfigError
+from snnexp.hardware import Profile, from_config
+from snnexp.hardware.integer import IntegerNetwork
 from snnexp.train.loop import LoopSettings
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,16 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     return LoopSettings(t.batch_size, t.eval_batch_size, t.steps_per_call, t.checkpoint_every, int(cfg.seed))
 
 
+def hardware(cfg: DictConfig) -> Profile:
+    """The ``hardware`` group as a checked ``Profile`` (``float`` where a config predates the group).
+
+    Raises:
+        HardwareError: an unknown key or a value out of range, naming it.
+    """
+    node = cfg.get("hardware")
+    return from_config(None if node is None else OmegaConf.to_container(node, resolve=True))
+
+
 def pipeline(cfg: DictConfig) -> Callable[..., dict[str, Any]]:
     """The mode's pipeline (``cfg.mode._target_``) with its knobs bound, checked.
 
@@ -177,7 +190,10 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
     # analog if any input is: quant.quantize decides from it whether the input layer is fed spikes
     sample = jnp.asarray(quant.representative_sample(data.x_train))
-    quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
+    dry = quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
+    profile = hardware(cfg)
+    if profile.integer:  # the neuron, model and recipe must have an integer form, before any compute
+        IntegerNetwork.from_deployed(dry, rules, profile, np.asarray(sample))
     return net, sample
 
 

@@ -162,11 +162,7 @@ class IntegerNetwork:
             raise HardwareError(f"integer neuron state supports model=feedforward and recurrent; "
                                 f"got {type(deployed).__name__}")
         mats = {m.path: m for m in metrics.matrices(deployed)}
-        x_train = np.asarray(x_train)
-        binary = bool(np.all((x_train == 0) | (x_train == 1)))
-        qmax_in = 2 ** (profile.input_bits - 1) - 1
-        absmax = float(np.max(np.abs(x_train))) if x_train.size else 1.0
-        in_scale = 1.0 if binary else (absmax / qmax_in if absmax > 0 else 1.0)
+        binary, in_scale = input_coding(x_train, profile)
 
         def source(path: str) -> tuple[np.ndarray, np.ndarray, str]:
             m = mats.get(path)
@@ -209,7 +205,7 @@ class IntegerNetwork:
             bias=_bias(deployed.readout, unit, profile), unit=unit.astype(np.float32),
             threshold=np.zeros(n_out, np.int32), beta=quantize_decay(li_beta, profile),
         ))
-        net = cls(profile, layers, binary, float(in_scale), int(x_train.shape[1]), clipped)
+        net = cls(profile, layers, binary, float(in_scale), int(np.shape(x_train)[1]), clipped)
         net.check_exact()
         return net
 
@@ -267,6 +263,20 @@ class IntegerNetwork:
         """Runs input codes ``[B, T, F]`` through the integer network (``forward``), on host arrays."""
         out = _forward(self.structure, record, self.arrays(), jnp.asarray(codes, jnp.int32))
         return jax.device_get(out)
+
+
+def input_coding(x_train: np.ndarray, profile: Profile) -> tuple[bool, float]:
+    """``(binary, scale)``: spikes are their own codes (scale 1); analog data get ``absmax / (2**(input_bits-1) - 1)``.
+
+    Args:
+        x_train: the training inputs ``[N, T, F]`` (the static range of the input codes).
+        profile: gives ``input_bits``.
+    """
+    x = np.asarray(x_train)
+    if np.all((x == 0) | (x == 1)):
+        return True, 1.0
+    absmax = float(np.max(np.abs(x)))
+    return False, absmax / (2 ** (profile.input_bits - 1) - 1) if absmax > 0 else 1.0
 
 
 def _share_unit(codes: Sequence[np.ndarray], scales: Sequence[np.ndarray], qtype: str, *, per_neuron: bool
@@ -463,4 +473,48 @@ def evaluate(net: IntegerNetwork, x: np.ndarray, y: np.ndarray, batch_size: int 
         "overflow": {name: {"accumulator": int(c[0]), "current": int(c[1]), "membrane": int(c[2])}
                      for name, c in zip(names, counts, strict=True)},
         "accumulator_peak": [int(p) for p in peak],
+    }
+
+
+def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What the integer network costs on a chip, as ``metrics.json`` keys.
+
+    Args:
+        net: the integer network.
+        evaluation: its ``evaluate`` on the test set (overflow counts, accumulator peaks).
+
+    Returns:
+        ``integer_memory_bits``: per layer, the bits of its weights at their
+        packed width, state (neurons x ``state_bits`` per state variable),
+        thresholds, decays and biases, and ``total``;
+        ``accumulator_bits_needed`` per layer (the widest synaptic sum seen on
+        the test set) against ``accumulator_bits``; ``overflow`` per layer and
+        variable, and ``overflow_events`` in all; ``threshold_clipped``.
+    """
+    p = net.profile
+    memory: dict[str, Any] = {}
+    for layer in net.layers:
+        n = layer.size
+        synapses = layer.weight.size + (layer.recurrent.size if layer.recurrent is not None else 0)
+        states = 2 if layer.kind == "cuba_lif" else 1
+        decays = {"if": 0, "cuba_lif": 2}.get(layer.kind, 1)
+        entry = {
+            "weights": synapses * code_bits(layer.weight_qtype),
+            "state": n * states * p.state_bits,
+            "thresholds": 0 if layer.kind == "li" else n * p.threshold_bits,
+            "decays": n * decays * p.decay_bits,
+            "biases": n * p.accumulator_bits,
+        }
+        entry["total"] = sum(entry.values())
+        memory[layer.name] = entry
+    memory["total"] = sum(v["total"] for v in memory.values())
+    overflow = evaluation["overflow"]
+    return {
+        "integer_memory_bits": memory,
+        "accumulator_bits": p.accumulator_bits,
+        "accumulator_bits_needed": {layer.name: bits_needed(peak)
+                                    for layer, peak in zip(net.layers, evaluation["accumulator_peak"], strict=True)},
+        "overflow": overflow,
+        "overflow_events": sum(sum(v.values()) for v in overflow.values()),
+        "threshold_clipped": net.threshold_clipped,
     }

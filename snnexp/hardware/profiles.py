@@ -13,13 +13,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from snnexp.errors import ConfigError
+
 Overflow = Literal["saturate", "wrap"]
 OVERFLOWS = ("saturate", "wrap")
 DECAYS = ("multiply", "shift")
 RESETS = ("subtract", "zero")
 
 
-class HardwareError(ValueError):
+class HardwareError(ConfigError):
     """A hardware profile or its use is invalid; the message names the value and the choices."""
 
 

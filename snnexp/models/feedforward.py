@@ -116,6 +116,8 @@ class FeedForwardSNN(nnx.Module):
             step, and the per-layer fraction of neurons that spiked per step.
         """
         check_loop(loop)
+        if getattr(self, "integer_grid", None) is not None:  # QAT/QT for an integer profile (snnexp.hardware.qat)
+            return self.integer_grid(self, x)
         b, t, n_in = x.shape
         cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
         cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]

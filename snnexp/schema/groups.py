@@ -248,6 +248,25 @@ class Quant:
 
 
 @dataclass
+class Hardware:
+    """``conf/hardware/*.yaml``: ``float``, or an integer ``snnexp.hardware.Profile`` (joint ranges: there)."""
+
+    name: str = spec(NAME)
+    state_bits: int = spec(at_least(2))
+    decay: str = spec(one_of(("multiply", "shift")))
+    decay_bits: int = spec(at_least(1))
+    threshold_bits: int = spec(at_least(1))
+    accumulator_bits: int = spec(at_least(2))
+    overflow: str = spec(one_of(("saturate", "wrap")))
+    current_overflow: str | None = spec(one_of(("saturate", "wrap")))
+    reset: str = spec(one_of(("subtract", "zero")))
+    shift: int = spec(at_least(0))
+    weight_bits: int = spec(at_least(2))
+    input_bits: int = spec(at_least(2))
+    follows: str = spec()
+
+
+@dataclass
 class Trainer:
     """``trainer`` in ``conf/train.yaml``."""
 
@@ -324,5 +343,5 @@ MODE_CHECKS: dict[str, Check] = {
 }
 GROUPS: dict[str, type | None] = {  # None: selected by ``_target_``
     "trainer": Trainer, "data": None, "model": None, "neuron": None, "surrogate": None,
-    "quant": Quant, "mode": None, "optim": Optim, "logger": Logger,
+    "quant": Quant, "mode": None, "optim": Optim, "logger": Logger, "hardware": Hardware,
 }

@@ -53,6 +53,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         rules = build.rules(cfg)
         settings = build.loop_settings(cfg)
         pipeline = build.pipeline(cfg)
+        profile = build.hardware(cfg)
     except ValueError as e:
         rd.failed(e, preempted=False)
         raise
@@ -80,7 +81,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 model=model, rules=rules, sample=sample,
                 trainer=Trainer(Arrays.put(data), settings, tracker, state, stop),
                 optimizer=lambda steps, lr_scale: build.optimizer(cfg, steps, lr_scale=lr_scale),
-                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name,
+                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, hardware=profile,
             )
             result = pipeline(setup)
         state.close()

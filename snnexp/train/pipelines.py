@@ -27,6 +27,9 @@ import optax
 from flax import nnx
 
 from snnexp import checkpoint, metrics, quant
+from snnexp.export import sidecar
+from snnexp.hardware import Profile, integer
+from snnexp.hardware.qat import IntegerGrid, spike_agreement
 from snnexp.rundir import RunDir
 from snnexp.train.loop import Arrays, FitResult, LoopSettings, Trainer, evaluate, fit
 from snnexp.train.loop import calibrate as calibrate_batches
@@ -46,6 +49,7 @@ class Setup:
     run_dir: RunDir
     recipe: str  # the recipe's name
     mode: str  # the mode's name
+    hardware: Profile = field(default_factory=Profile)  # the deployed network's arithmetic beyond its weights
     fits: list[FitResult] = field(default_factory=list)  # the training phases so far
     epochs: int = 0  # training epochs so far
 
@@ -59,14 +63,16 @@ def qat(setup: Setup, *, fp32_epochs: int, quant_epochs: int, lr_scale: float,
         fp32_checkpoint: str | None = None) -> dict[str, Any]:
     """Quantization-aware training: fp32, then fake-quant fine-tuning with straight-through gradients."""
     fp32 = fp32_phase(setup, fp32_epochs, fp32_checkpoint)
-    trained = training_model("qat", setup.model, setup.rules, setup.sample)
+    trained = training_model("qat", setup.model, setup.rules, setup.sample, hardware=setup.hardware,
+                             x_train=setup.trainer.arrays.x_train)
     train_phase(setup, trained, quant_epochs, lr_scale=lr_scale)
     return deploy(setup, trained, "ptq", fp32)
 
 
 def qt(setup: Setup, *, epochs: int, bwd_qtype: str | None) -> dict[str, Any]:
     """Quantized training from the start: quantized forward and backward pass (``bwd_qtype``)."""
-    trained = training_model("qt", setup.model, setup.rules, setup.sample, bwd_qtype=bwd_qtype)
+    trained = training_model("qt", setup.model, setup.rules, setup.sample, bwd_qtype=bwd_qtype,
+                             hardware=setup.hardware, x_train=setup.trainer.arrays.x_train)
     train_phase(setup, trained, epochs)
     return deploy(setup, trained, "ptq", None)
 
@@ -138,6 +144,12 @@ def calibrate_phase(setup: Setup, batches: int) -> nnx.Module:
 def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, Any] | None) -> dict[str, Any]:
     """Converts ``trained`` to integer weights, evaluates and saves it; returns the run's metrics.
 
+    With an integer ``hardware`` profile the deployed network is then mapped
+    onto the profile's integers (``snnexp.hardware.integer``), evaluated in
+    integer arithmetic and written as the run's ``integer/`` sidecar:
+    ``quant_accuracy`` is that network's, ``float_state_accuracy`` the
+    integer-weight network's with float neuron state.
+
     Args:
         setup: the run.
         trained: the float, fake-quantized or calibrated network.
@@ -145,8 +157,21 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
         fp32: the float network's test evaluation, or None (QT has no fp32 phase).
     """
     deployed = integer_model(trained, setup.rules, setup.sample, kind)
-    q_eval = evaluate(deployed, setup.trainer.arrays, setup.trainer.settings.eval_batch_size)
+    arrays, eval_bs = setup.trainer.arrays, setup.trainer.settings.eval_batch_size
+    q_eval = evaluate(deployed, arrays, eval_bs)
     checkpoint.save(setup.run_dir.checkpoints / "quant", deployed)
+    hw: dict[str, Any] = {"hardware": setup.hardware.name}
+    if setup.hardware.integer:
+        net = integer.IntegerNetwork.from_deployed(deployed, setup.rules, setup.hardware, np.asarray(arrays.x_train))
+        i_eval = integer.evaluate(net, np.asarray(arrays.x_test), np.asarray(arrays.y_test), eval_bs)
+        sidecar.write(net, setup.run_dir.path / "integer", dt=1e-3,
+                      source={"recipe": setup.recipe, "mode": setup.mode})
+        hw.update(integer.hardware_metrics(net, i_eval), float_state_accuracy=q_eval["accuracy"])
+        if getattr(trained, "integer_grid", None) is not None:
+            hw["qat_spike_agreement"] = spike_agreement(trained, net, np.asarray(arrays.x_test), eval_bs)
+        log.info("integer network (hardware=%s): test acc %.2f%% (float state %.2f%%)", setup.hardware.name,
+                 100 * i_eval["accuracy"], 100 * q_eval["accuracy"])
+        q_eval = {**q_eval, "accuracy": i_eval["accuracy"], "loss": i_eval["loss"], "spike_rate": i_eval["spike_rate"]}
 
     train_time = sum(f.seconds for f in setup.fits)
     steps = sum(f.steps for f in setup.fits)
@@ -165,8 +190,9 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
         "bits_per_weight": metrics.bits_per_weight(deployed),
         "spike_rate": rates,
         "fp32_spike_rate": fp32["spike_rate"] if fp32 else None,
-        **metrics.deployed_metrics(deployed, setup.rules, setup.trainer.arrays.x_test, layer_rates,
+        **metrics.deployed_metrics(deployed, setup.rules, arrays.x_test, layer_rates,
                                    setup.model.synapses()),  # packed bytes, ACs/MACs, sparsity
+        **hw,
         "train_time_s": train_time,
         "train_steps": steps,
         "steps_per_s": steps / train_time if train_time > 0 else None,
@@ -178,16 +204,26 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
 
 
 def training_model(mode: Literal["fp32", "qat", "qt"], model: nnx.Module, rules: list[quant.Rule],
-                   sample: jax.Array, *, bwd_qtype: str | None = None) -> nnx.Module:
+                   sample: jax.Array, *, bwd_qtype: str | None = None, hardware: Profile | None = None,
+                   x_train: Any = None) -> nnx.Module:
     """The model a training phase trains.
 
     ``fp32``: the float network itself; ``qat``: its fake-quantized copy
     (straight-through gradients); ``qt``: its copy with a quantized backward
-    pass too (gradients in ``bwd_qtype``).
+    pass too (gradients in ``bwd_qtype``). With an integer ``hardware``
+    profile, the quantized copy also computes its neuron state, leak and
+    threshold on the profile's grid (``IntegerStateModel``; ``x_train`` gives
+    the input coding).
     """
     if mode == "fp32":
         return model
-    return quant.quantize(model, rules, mode, sample, bwd_qtype=bwd_qtype if mode == "qt" else None)
+    qmodel = quant.quantize(model, rules, mode, sample, bwd_qtype=bwd_qtype if mode == "qt" else None)
+    if hardware is None or not hardware.integer:
+        return qmodel
+    paths = [f"fc/{i}" for i in range(len(model.neurons))] + ["readout"]
+    binary, scale = integer.input_coding(np.asarray(x_train), hardware)
+    qmodel.integer_grid = IntegerGrid(hardware, tuple(metrics.qtype_of(p, rules) for p in paths), binary, scale)
+    return qmodel
 
 
 def calibrated_model(model: nnx.Module, rules: list[quant.Rule], sample: jax.Array, arrays: Arrays, batches: int,
@@ -200,7 +236,13 @@ def calibrated_model(model: nnx.Module, rules: list[quant.Rule], sample: jax.Arr
 
 
 def integer_model(trained: nnx.Module, rules: list[quant.Rule], sample: jax.Array, kind: quant.Mode) -> nnx.Module:
-    """The deployed network: integer weights, dynamic (``ptq``) or static (``srq``) activation scales."""
+    """The deployed network: integer weights, dynamic (``ptq``) or static (``srq``) activation scales.
+
+    Its neuron state is float: a training model's ``integer_grid`` is not carried over.
+    """
+    if getattr(trained, "integer_grid", None) is not None:
+        trained = nnx.clone(trained)
+        trained.integer_grid = None
     return quant.quantize(trained, rules, kind, sample)
 
 

@@ -1,0 +1,159 @@
+"""Fine-tuning for an integer profile: the fake-quant network of QAT/QT with integer neuron state.
+
+``IntegerGrid``, set on the qwix fake-quant model (integer weights,
+straight-through), runs its time loop on the profile's grid
+(``snnexp.hardware.integer.simulate`` with ``SteOps``): every synaptic sum
+is rounded onto the unit of its neuron, the state, leak and threshold take
+the integer values the deployed network will compute, and the gradients
+pass straight through (as in SQUAT and snnTorch's ``state_quant``). The
+units follow the weights as they train: the qwix channel scale of the
+current kernels, as ``IntegerNetwork.from_deployed`` will compute them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from snnexp.hardware.arith import SteOps, ste_round
+from snnexp.hardware.integer import Accumulated, IntegerNetwork, neuron_kind, simulate
+from snnexp.hardware.profiles import Profile
+
+
+def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
+    """Qwix's per-output-channel scale of a kernel ``[in, out]`` -> ``[out]`` (ternary: ``mean|w|``).
+
+    intN: symmetric absmax with qwix's bound ``qmax + 0.5``.
+    """
+    if qtype == "ternary":
+        return jnp.broadcast_to(jnp.mean(jnp.abs(w)) + 1e-6, (w.shape[1],))
+    bits = int(re.fullmatch(r"int(\d+)", qtype).group(1))
+    return jnp.max(jnp.abs(w), axis=0) / (2 ** (bits - 1) - 0.5)
+
+
+def decay_code(beta: jax.Array, profile: Profile) -> jax.Array:
+    """The integer decay (multiplier or shift) of ``beta``, straight-through (learned decays train)."""
+    k = profile.decay_bits
+    beta = jnp.clip(beta, 0.0, 1.0)
+    if profile.decay == "multiply":
+        return jnp.clip(ste_round(beta * 2.0**k), 0, 2**k)
+    dash = jax.lax.stop_gradient(jnp.round(-jnp.log2(jnp.maximum(1.0 - beta, 1e-12))))
+    return jnp.clip(dash, 1, 2**k - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerGrid:
+    """Makes a fake-quant model compute its neurons on ``profile``'s integer grid (QAT/QT with ``hardware=int*``).
+
+    Set as a model's ``integer_grid`` (a static attribute), it replaces the
+    model's forward pass inside its ``__call__``, where qwix intercepts the
+    matmuls: the weights stay qwix's fake-quant ones, the neurons become the
+    profile's. ``x [B, T, F] -> (readout [B, T, C], rates [B, T, L])``, the
+    readout in float units (``unit * U / 2**shift``); with ``record`` the
+    hidden spikes ``[T, B, H]`` per layer instead.
+
+    Attributes:
+        profile: an integer profile.
+        qtypes: the weight qtype per layer: ``fc/i`` of each hidden layer, then ``readout``.
+        input_binary: the data are spikes (else analog, coded at ``input_scale``).
+        input_scale: the float value of one input code.
+        record: return the hidden spikes instead of the readout.
+    """
+
+    profile: Profile
+    qtypes: tuple[str, ...]
+    input_binary: bool
+    input_scale: float
+    record: bool = False
+
+    def units(self, m: nnx.Module) -> list[jax.Array]:
+        """The unit ``[H]`` of every layer of ``m`` (the readout's one value for all classes), no gradient."""
+        out = []
+        for i in range(len(m.neurons)):
+            scale = kernel_scale(m.fc[i].kernel[...], self.qtypes[i])
+            if hasattr(m, "rec"):
+                scale = jnp.maximum(scale, kernel_scale(m.rec[i].kernel[...], self.qtypes[i]))
+            out.append(scale * (self.input_scale if i == 0 else 1.0))
+        r = kernel_scale(m.readout.kernel[...], self.qtypes[-1])
+        out.append(jnp.broadcast_to(jnp.max(r), r.shape))
+        return [jax.lax.stop_gradient(jnp.where(u > 0, u, 1.0)) for u in out]
+
+    def __call__(self, m: nnx.Module, x: jax.Array) -> Any:
+        """Runs ``m`` on ``x [B, T, F]`` on the integer grid (called from ``m.__call__``)."""
+        prof = self.profile
+        kinds = (*(neuron_kind(n) for n in m.neurons), "li")
+        ops = SteOps(prof, m.neurons[0].spike)
+        units = self.units(m)
+        params = []
+        for i, kind in enumerate(kinds):
+            neuron = m.li if kind == "li" else m.neurons[i]
+            top = 2**prof.threshold_bits - 1
+            theta = 0.0 if kind == "li" else float(neuron.threshold)
+            p: dict[str, Any] = {
+                "unit": units[i] / 2.0**prof.shift,
+                "theta": jnp.clip(jnp.round(theta / units[i]), 1, top) * 2.0**prof.shift,
+                "beta": decay_code(jnp.broadcast_to(neuron.beta[...], units[i].shape), prof) if kind != "if"
+                else jnp.zeros_like(units[i]),
+            }
+            if kind == "cuba_lif":
+                p["alpha"] = decay_code(jnp.broadcast_to(neuron.alpha[...], units[i].shape), prof)
+            params.append(p)
+        if not self.input_binary:
+            q = 2 ** (prof.input_bits - 1) - 1
+            x = jnp.clip(ste_round(x / self.input_scale), -q, q) * self.input_scale
+        b, t, f = x.shape
+        d0 = m.fc[0](x.reshape(b * t, f)).reshape(b, t, -1) / units[0]
+
+        def accumulate(i: int, raw: jax.Array) -> Accumulated:
+            fitted = ops.fit(ste_round(raw), prof.accumulator_bits, prof.acc_overflow)
+            return Accumulated(fitted.value, fitted.count, jnp.int32(0))
+
+        def readout(spikes: jax.Array) -> jax.Array:
+            tt, bb, h = spikes.shape
+            return m.readout(spikes.reshape(tt * bb, h)).reshape(tt, bb, -1) / units[-1]
+
+        has_rec = hasattr(m, "rec")
+        res = simulate(
+            ops, kinds, params, jnp.swapaxes(d0, 0, 1),
+            drive=lambda i, s: m.fc[i](s) / units[i],
+            recur=lambda i, s: m.rec[i](s) / units[i] if has_rec else 0.0,
+            accumulate=accumulate, readout=readout, dtype=jnp.float32, record=self.record,
+        )
+        if self.record:
+            return res["spikes"]
+        return res["out"] * (units[-1] / 2.0**prof.shift), res["rates"]
+
+
+@nnx.jit
+def _spikes(model: nnx.Module, x: jax.Array) -> list[jax.Array]:
+    return model(x)
+
+
+def spike_agreement(model: nnx.Module, net: IntegerNetwork, x: np.ndarray, batch_size: int) -> float:
+    """The share of hidden spikes on which the fake-quant model and the integer network agree.
+
+    Every layer, step, neuron and sample of inputs ``x [N, T, F]`` counts once.
+
+    Args:
+        model: a fake-quant model with an ``integer_grid``.
+        net: the deployed integer network.
+        x: test inputs.
+        batch_size: samples per call.
+    """
+    recording = nnx.clone(model)
+    recording.integer_grid = dataclasses.replace(model.integer_grid, record=True)
+    same = total = 0
+    codes = net.encode(x)
+    for start in range(0, x.shape[0], batch_size):
+        ours = jax.device_get(_spikes(recording, jnp.asarray(x[start:start + batch_size])))
+        theirs = net.run(codes[start:start + batch_size], record=True)["spikes"]
+        for a, b in zip(ours, theirs, strict=True):
+            same += int(np.sum(np.asarray(a) == np.asarray(b)))
+            total += a.size
+    return same / total if total else 1.0
