@@ -1,0 +1,1 @@
+"""Exporting a finished run: a NIR graph of the deployed network (``nir_graph``) and its integer sidecar."""
