@@ -37,12 +37,28 @@ class Network:
         return self.meta["profile"]
 
     def array(self, layer: dict[str, Any], name: str) -> np.ndarray | None:
-        """A layer's array as int64 (``unit`` as float32), or None where the layer has none."""
+        """A layer's array as int64 (``unit`` as float32), or None where the layer has none.
+
+        Weight codes are read from their packed form (``weight_packed``, ``recurrent_packed``).
+        """
+        if name in ("weight", "recurrent"):
+            key = layer["arrays"].get(f"{name}_packed")
+            if key is None:
+                return None
+            rows = layer["fan_in"] if name == "weight" else layer["size"]
+            return _unpack(self.arrays[key], layer["weight_bits"], rows * layer["size"]).reshape(rows, layer["size"])
         key = layer["arrays"].get(name)
         if key is None:
             return None
         a = self.arrays[key]
         return a.astype(np.float32) if name == "unit" else a.astype(np.int64)
+
+
+def _unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """``n`` two's-complement codes of ``bits`` bits, least significant bit first in bytes and codes."""
+    stream = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[: n * bits]
+    u = (stream.reshape(n, bits).astype(np.int64) * (1 << np.arange(bits, dtype=np.int64))).sum(axis=1)
+    return np.where(u >= 1 << (bits - 1), u - (1 << bits), u)
 
 
 def load(directory: Path) -> Network:

@@ -186,8 +186,9 @@ class IntegerNetwork:
             kind = neuron_kind(neuron)
             paths = [f"fc/{i}"] + ([f"rec/{i}"] if hasattr(deployed, "rec") else [])
             srcs = [source(p) for p in paths]
-            codes, unit, qtype = _share_unit([s[0] for s in srcs], [s[1] for s in srcs], srcs[0][2], per_neuron=True)
-            unit = unit * (in_scale if i == 0 else 1.0)
+            # what one code is worth: the input layer's codes are of inputs coded at in_scale, the rest of spikes
+            worth = [s[1] * (in_scale if i == 0 and k == 0 else 1.0) for k, s in enumerate(srcs)]
+            codes, unit, qtype = _share_unit([s[0] for s in srcs], worth, srcs[0][2], per_neuron=True)
             theta, n_clip = _threshold(float(neuron.threshold), unit, profile)
             clipped += n_clip
             layers.append(IntLayer(

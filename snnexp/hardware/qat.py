@@ -22,8 +22,9 @@ import numpy as np
 from flax import nnx
 
 from snnexp.hardware.arith import SteOps, ste_round
-from snnexp.hardware.integer import Accumulated, IntegerNetwork, neuron_kind, simulate
+from snnexp.hardware.integer import Accumulated, IntegerNetwork, code_range, neuron_kind, simulate
 from snnexp.hardware.profiles import Profile
+from snnexp.quant import ternarize, unquantized_matmul
 
 
 def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
@@ -35,6 +36,22 @@ def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
         return jnp.broadcast_to(jnp.mean(jnp.abs(w)) + 1e-6, (w.shape[1],))
     bits = int(re.fullmatch(r"int(\d+)", qtype).group(1))
     return jnp.max(jnp.abs(w), axis=0) / (2 ** (bits - 1) - 0.5)
+
+
+def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
+    """``(codes, scale [out])`` of a kernel ``[in, out]`` as qwix's deployed network holds them, straight-through.
+
+    intN: ``clip(round(w * (1 / scale)), -qmax - 1, qmax)`` in float32; ternary:
+    ``snnexp.quant.ternarize``'s codes. The gradient of ``codes`` is ``w / scale``'s.
+    """
+    scale = kernel_scale(w, qtype)
+    if qtype == "ternary":
+        codes, _ = ternarize(w)
+    else:
+        qmax = 2 ** (int(re.fullmatch(r"int(\d+)", qtype).group(1)) - 1) - 1
+        codes = jnp.clip(jnp.round(w * (1.0 / scale)), -qmax - 1, qmax)
+    smooth = w / scale
+    return smooth + jax.lax.stop_gradient(codes - smooth), jax.lax.stop_gradient(scale)
 
 
 def decay_code(beta: jax.Array, profile: Profile) -> jax.Array:
@@ -76,13 +93,27 @@ class IntegerGrid:
         """The unit ``[H]`` of every layer of ``m`` (the readout's one value for all classes), no gradient."""
         out = []
         for i in range(len(m.neurons)):
-            scale = kernel_scale(m.fc[i].kernel[...], self.qtypes[i])
-            if hasattr(m, "rec"):
+            scale = kernel_scale(m.fc[i].kernel[...], self.qtypes[i]) * (self.input_scale if i == 0 else 1.0)
+            if hasattr(m, "rec"):  # fed spikes: one spike is worth its scale
                 scale = jnp.maximum(scale, kernel_scale(m.rec[i].kernel[...], self.qtypes[i]))
-            out.append(scale * (self.input_scale if i == 0 else 1.0))
+            out.append(scale)
         r = kernel_scale(m.readout.kernel[...], self.qtypes[-1])
         out.append(jnp.broadcast_to(jnp.max(r), r.shape))
         return [jax.lax.stop_gradient(jnp.where(u > 0, u, 1.0)) for u in out]
+
+    def _shared_codes(self, m: nnx.Module, i: int, unit: jax.Array) -> list[jax.Array]:
+        """A recurrent layer's two matrices ``[fc/i, rec/i]`` as codes on the shared unit (straight-through).
+
+        qwix's fake-quant matmul gives ``codes x own scale``; the integer network
+        re-rounds the finer matrix onto the shared unit, so these sums are
+        computed from the codes here, not through qwix.
+        """
+        out = []
+        for w, factor in ((m.fc[i].kernel[...], self.input_scale if i == 0 else 1.0), (m.rec[i].kernel[...], 1.0)):
+            codes, scale = kernel_codes(w, self.qtypes[i])
+            lo, hi = code_range(self.qtypes[i])
+            out.append(jnp.clip(ste_round(codes * (scale * factor / unit)), lo, hi))
+        return out
 
     def __call__(self, m: nnx.Module, x: jax.Array) -> Any:
         """Runs ``m`` on ``x [B, T, F]`` on the integer grid (called from ``m.__call__``)."""
@@ -108,7 +139,16 @@ class IntegerGrid:
             q = 2 ** (prof.input_bits - 1) - 1
             x = jnp.clip(ste_round(x / self.input_scale), -q, q) * self.input_scale
         b, t, f = x.shape
-        d0 = m.fc[0](x.reshape(b * t, f)).reshape(b, t, -1) / units[0]
+        has_rec = hasattr(m, "rec")
+        shared = [self._shared_codes(m, i, units[i]) for i in range(len(m.neurons))] if has_rec else None
+
+        def drive(i: int, s: jax.Array) -> jax.Array:
+            if shared is None:  # qwix's fake-quant matmul: codes x scale, on the neuron's own unit
+                return m.fc[i](s) / units[i]
+            codes_in = s / self.input_scale if i == 0 else s  # the input codes of layer 0
+            return unquantized_matmul(codes_in, shared[i][0]) + m.fc[i].bias[...] / units[i]
+
+        d0 = drive(0, x.reshape(b * t, f)).reshape(b, t, -1)
 
         def accumulate(i: int, raw: jax.Array) -> Accumulated:
             fitted = ops.fit(ste_round(raw), prof.accumulator_bits, prof.acc_overflow)
@@ -118,11 +158,9 @@ class IntegerGrid:
             tt, bb, h = spikes.shape
             return m.readout(spikes.reshape(tt * bb, h)).reshape(tt, bb, -1) / units[-1]
 
-        has_rec = hasattr(m, "rec")
         res = simulate(
-            ops, kinds, params, jnp.swapaxes(d0, 0, 1),
-            drive=lambda i, s: m.fc[i](s) / units[i],
-            recur=lambda i, s: m.rec[i](s) / units[i] if has_rec else 0.0,
+            ops, kinds, params, jnp.swapaxes(d0, 0, 1), drive=drive,
+            recur=lambda i, s: unquantized_matmul(s, shared[i][1]) if has_rec else 0.0,
             accumulate=accumulate, readout=readout, dtype=jnp.float32, record=self.record,
         )
         if self.record:

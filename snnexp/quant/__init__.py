@@ -16,7 +16,16 @@ from snnexp.quant.grid import (
     spike_range,
     spike_scale,
 )
-from snnexp.quant.providers import Mode, PtqProvider, QtProvider, quantize, ternarize, ternary_ste, to_qwix_rules
+from snnexp.quant.providers import (
+    Mode,
+    PtqProvider,
+    QtProvider,
+    quantize,
+    ternarize,
+    ternary_ste,
+    to_qwix_rules,
+    unquantized_matmul,
+)
 from snnexp.quant.recipes import (
     ACT_QTYPES,
     BLOCK_SIZES,
@@ -35,5 +44,5 @@ __all__ = [
     "Mode", "PtqProvider", "QtProvider", "RecipeError", "Rule", "analog_calibration", "check_shapes", "check_tiles",
     "conv_as_dot_general", "input_layer", "is_spike_train", "parse_recipe", "quantize", "representative_sample",
     "spike_exact_calibration", "spike_range", "spike_scale", "ternarize", "ternary_ste", "tile_size",
-    "to_qwix_rules", "weight_paths",
+    "to_qwix_rules", "unquantized_matmul", "weight_paths",
 ]

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import qwix
 from flax import nnx
-from qwix._src import averaging
+from qwix._src import averaging, interception
 from qwix._src.utils import flax_util
 
 from snnexp.quant.checks import check_tiles, first_matches, input_layer, tile_size, weight_paths
@@ -150,6 +150,16 @@ def ternarize(w: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
     scale = jnp.mean(jnp.abs(w)) + eps
     codes = jnp.clip(jnp.round(w / scale), -1, 1)
     return codes, scale
+
+
+def unquantized_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` that qwix leaves alone even inside a quantized model's intercepted ``__call__``.
+
+    qwix fake-quantizes every ``dot_general`` run inside the model's call; a
+    product of integer codes computed there on purpose (the integer-grid
+    fine-tuning of ``snnexp.hardware.qat``) must not be requantized.
+    """
+    return interception.disable_interceptions(jnp.matmul)(a, b)
 
 
 def ternary_ste(w: jax.Array) -> jax.Array:

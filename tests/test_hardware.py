@@ -1,0 +1,288 @@
+"""Integer neuron state (hardware profiles): the arithmetic against hand computations, the
+deployed JAX integer network against the NumPy reference spike for spike, the export and its refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_cfg
+from omegaconf import OmegaConf
+
+from snnexp import build, reference, rundir
+from snnexp.export import ExportError, export, sidecar
+from snnexp.hardware import HardwareError, Profile, from_config, integer
+from snnexp.hardware.arith import IntOps, SteOps
+from snnexp.train.experiment import run
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "hardware"
+PROFILES = ("int", "loihi", "xylo")
+# Narrow widths that overflow on digits: the wrap and saturate paths must agree too.
+NARROW = {
+    "narrow_wrap": {"name": "narrow_wrap", "state_bits": 9, "decay": "shift", "decay_bits": 3, "threshold_bits": 8,
+                    "accumulator_bits": 9, "overflow": "wrap", "reset": "zero"},
+    "narrow_sat": {"name": "narrow_sat", "state_bits": 10, "decay": "multiply", "decay_bits": 6, "threshold_bits": 6,
+                   "accumulator_bits": 8, "overflow": "saturate", "current_overflow": "wrap", "shift": 3},
+}
+
+
+def profile(name: str) -> Profile:
+    if name in NARROW:
+        return from_config(NARROW[name])
+    return from_config(OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")))
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def test_every_profile_composes_and_checks():
+    for name in ("float", *PROFILES):
+        cfg = make_cfg(f"hardware={name}")
+        p = build.hardware(cfg)
+        assert p.name == name and p.integer == (name != "float")
+    lava = profile("loihi")
+    got = (lava.state_bits, lava.decay_bits, lava.shift, lava.reset, lava.current_overflow)
+    assert got == (24, 12, 6, "zero", "wrap")
+    xylo = profile("xylo")
+    assert (xylo.state_bits, xylo.decay, xylo.decay_bits) == (16, "shift", 4)
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("hardware.overflow=clamp", "hardware.overflow='clamp'; valid choices: ['saturate', 'wrap']"),
+    ("hardware.state_bits=40", "state_bits=40; must be an integer in [2, 30]"),
+    ("+hardware.bogus=1", "bogus"),
+])
+def test_a_bad_profile_is_refused_naming_the_value(override, says, tmp_path):
+    cfg = make_cfg("hardware=int", "logger=none", override)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        run(cfg, tmp_path)
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("neuron=alif", "ALIF"),
+    ("quant=fp32", "integer weights"),
+    ("quant=w8a8 quant.rules.0.tile_size=8 model.hidden=[32]", "tiled"),
+])
+def test_a_network_without_integer_form_is_refused_before_compute(override, says, tmp_path):
+    cfg = make_cfg("hardware=int", "logger=none", "debug=fast", *override.split())
+    with pytest.raises(HardwareError, match=says):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints" / "fp32").exists()
+
+
+# ------------------------------------------------------------------ arithmetic
+
+
+def test_the_decay_multiply_is_lavas_and_never_leaves_int32():
+    """sign(v) * ((|v| * m) >> 12), as Lava's bit-accurate LIF, at the extremes of 24-bit state."""
+    ops = IntOps(profile("loihi"))
+    v = np.array([0, 1, -1, 4095, -4097, 2**23 - 1, -(2**23), 123456, -987654], np.int64)
+    for m in (0, 1, 2048, 4095, 4096):
+        want = np.sign(v) * ((np.abs(v) * m) >> 12)
+        got = np.asarray(ops.decay(jnp.asarray(v, jnp.int32), jnp.int32(m)))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_shift_decay_is_xylos_with_its_minimum_step_of_one():
+    ops = IntOps(profile("xylo"))
+    for dash in (1, 4, 15):
+        for v in (0, 1, -1, 7, -7, 100, -100, 32767, -32768):
+            step = v >> dash  # Python's >> floors like an arithmetic shift
+            if step == 0 and v != 0:
+                step = 1 if v > 0 else -1
+            assert int(ops.decay(jnp.int32(v), jnp.int32(dash))) == v - step
+
+
+@pytest.mark.parametrize("rule", ["saturate", "wrap"])
+def test_overflow_rules_and_their_counts(rule):
+    ops = IntOps(profile("int"))
+    x = jnp.asarray([-300, -129, -128, 0, 127, 128, 300], jnp.int32)
+    got = ops.fit(x, 8, rule)
+    if rule == "saturate":
+        want = [-128, -128, -128, 0, 127, 127, 127]
+    else:
+        want = [((int(a) + 128) % 256) - 128 for a in x]
+    assert np.asarray(got.value).tolist() == want and int(got.count) == 4
+
+
+def test_fake_quant_forward_is_the_integer_arithmetic_and_its_gradient_the_float_one():
+    p = profile("xylo")
+    ste = SteOps(p, lambda u: (u > 0).astype(u.dtype))
+    v = jnp.arange(-40, 41, dtype=jnp.float32) * 37
+    dash = jnp.float32(3)
+    exact = IntOps(p).decay(v.astype(jnp.int32), jnp.int32(3))
+    np.testing.assert_array_equal(np.asarray(ste.decay(v, dash)), np.asarray(exact))
+    grad = jax.grad(lambda a: ste.decay(a, dash).sum())(v)
+    np.testing.assert_allclose(np.asarray(grad), 1 - 2.0**-3)
+
+
+def test_pack_and_unpack_invert_each_other_at_every_width():
+    rng = np.random.default_rng(0)
+    for bits in (2, 3, 4, 8, 12):
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        codes = rng.integers(lo, hi + 1, size=(7, 5))
+        packed = sidecar.pack(codes, bits)
+        assert packed.size == -(-codes.size * bits // 8)
+        np.testing.assert_array_equal(sidecar.unpack(packed, bits, codes.shape), codes)
+    # ternary -1, 0, 1 as 2-bit two's complement, least significant bit first: 0b11, 0b00, 0b01
+    assert sidecar.pack(np.array([-1, 0, 1, 0]), 2).tolist() == [0b00010011]
+
+
+def test_hardware_metrics_match_hand_counts_on_a_tiny_network():
+    """2 inputs -> 3 LIF -> 2 LI, int4 weights, in the generic profile (16-bit state, 12-bit decays)."""
+    p = profile("int")
+    w0 = np.array([[3, -2, 7], [1, 4, -8]], np.int32)
+    w1 = np.array([[1, -1], [2, 0], [-3, 5]], np.int32)
+    layers = [
+        integer.IntLayer("hidden/0", "lif", w0, None, "int4", np.array([1, 0, -1], np.int32),
+                         np.full(3, 0.1, np.float32), np.array([5, 5, 5], np.int32), np.full(3, 3686, np.int32)),
+        integer.IntLayer("readout", "li", w1, None, "int4", np.zeros(2, np.int32), np.full(2, 0.1, np.float32),
+                         np.zeros(2, np.int32), np.full(2, 3686, np.int32)),
+    ]
+    net = integer.IntegerNetwork(p, layers, True, 1.0, 3)
+    x = np.array([[[1, 1], [1, 0], [0, 1]]], np.float32)  # one sample, 3 steps
+    ev = integer.evaluate(net, x, np.array([0]))
+    m = integer.hardware_metrics(net, ev)
+    hidden = m["integer_memory_bits"]["hidden/0"]
+    # weights 6 x 4 bits; state 3 x 16; thresholds 3 x 15; one decay 3 x 12; biases 3 x 24
+    assert hidden == {"weights": 24, "state": 48, "thresholds": 45, "decays": 36, "biases": 72, "total": 225}
+    assert m["integer_memory_bits"]["readout"] == {"weights": 24, "state": 32, "thresholds": 0, "decays": 24,
+                                                   "biases": 48, "total": 128}
+    assert m["integer_memory_bits"]["total"] == 353
+    # the largest |sum + bias| of the hidden layer: step 0 inputs (1, 1): 3+1+1=5, -2+4=2, 7-8-1=-2 -> 5;
+    # step 1 (1, 0): 4, -2, 6; step 2 (0, 1): 2, 4, -9 -> peak 9, which needs 5 bits
+    assert ev["accumulator_peak"][0] == 9 and m["accumulator_bits_needed"]["hidden/0"] == 5
+    assert m["overflow_events"] == 0 and m["accumulator_bits"] == 24
+    # the same network, by hand: V_t = floor-toward-zero(V * 3686 / 4096) + a_t - 5 s_t, s_t = V_{t-1} > 5
+    v, spikes = np.zeros(3, np.int64), []
+    for a in ([5, 2, -2], [4, -2, 6], [2, 4, -9]):
+        s = (v > 5).astype(np.int64)
+        v = np.sign(v) * ((np.abs(v) * 3686) >> 12) + np.array(a) - 5 * s
+        spikes.append(s)
+    got = net.run(net.encode(x), record=True)["spikes"][0][:, 0, :]
+    np.testing.assert_array_equal(got, np.array(spikes))
+
+
+# ------------------------------------------------------------------ end to end: bit-exact, exported
+
+RUNS = {  # one real run per model kind, each trained for a profile
+    "ff_lif": ("hardware=int", "mode=qat"),
+    "ff_cuba": ("hardware=loihi", "neuron=cuba_lif", "mode=qat", "quant=w4a8"),
+    "ff_if": ("hardware=xylo", "neuron=if", "mode=qat", "quant=ternary"),
+    "rec_lif": ("hardware=xylo", "model=recurrent", "mode=qat"),
+    "rec_cuba": ("hardware=int", "model=recurrent", "neuron=cuba_lif", "mode=ptq"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    out = {}
+    for key, overrides in RUNS.items():
+        path = tmp_path_factory.mktemp(key)
+        cfg = make_cfg("data=digits", "logger=none", "trainer.epochs=2", "++mode.quant_epochs=1",
+                       "model.hidden=[48]", *overrides)
+        out[key] = (path, run(cfg, path))
+    return out
+
+
+def _assert_reference_agrees(export_dir: Path, net: integer.IntegerNetwork, x: np.ndarray, y: np.ndarray) -> float:
+    """The reference on the exported files against snnexp's integer forward: every spike, the readout, accuracy."""
+    ref = reference.load(export_dir)
+    codes = reference.encode(ref, x)
+    np.testing.assert_array_equal(codes, net.encode(x))
+    theirs = reference.run(ref, codes)
+    ours = net.run(codes, record=True)
+    assert len(ours["spikes"]) == len(theirs["spikes"]) >= 1
+    for a, b in zip(ours["spikes"], theirs["spikes"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)  # spike error 0, every layer, step, neuron, sample
+    np.testing.assert_array_equal(np.asarray(ours["out"]), theirs["out"])
+    counts = np.asarray(ours["counts"])
+    for i, layer in enumerate(theirs["overflow"]):
+        assert counts[i].tolist() == [layer["accumulator"], layer["current"], layer["membrane"]]
+    assert np.asarray(ours["acc_max"]).tolist() == theirs["accumulator_peak"]
+    return float(np.mean(reference.predict(theirs["out"]) == y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_the_reference_reproduces_every_spike_of_the_exported_network(kind, runs, tmp_path):
+    """The whole test set through snnexp's deployed integer forward and the NumPy reference, per model kind,
+    for the profile the run was trained for and, mapped after training, every other profile."""
+    path, metrics = runs[kind]
+    cfg, deployed = rundir.load_deployed(path)
+    data = build.data(cfg)
+    x, y = np.asarray(data.x_test), np.asarray(data.y_test)
+    written = export(path, tmp_path / "own")
+    assert {p.name for p in written} == {"network.nir", "integer.npz", "integer.json"}
+    own = build.hardware(cfg)
+    net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), own, np.asarray(data.x_train))
+    acc = _assert_reference_agrees(tmp_path / "own", net, x, y)
+    assert acc == pytest.approx(metrics["quant_accuracy"])  # quant_accuracy is the integer network's
+    if metrics["mode"] == "qat":
+        assert metrics["qat_spike_agreement"] >= 0.99
+    for name in (*PROFILES, *NARROW):
+        p = profile(name)
+        mapped = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), p, np.asarray(data.x_train))
+        sidecar.write(mapped, tmp_path / name, dt=1e-3)
+        _assert_reference_agrees(tmp_path / name, mapped, x, y)
+
+
+@pytest.mark.slow
+def test_narrow_profiles_really_overflow(runs, tmp_path):
+    """The exactness test above covers wrap and saturation only if they happen: they do, on digits."""
+    path, _ = runs["ff_lif"]
+    cfg, deployed = rundir.load_deployed(path)
+    data = build.data(cfg)
+    for name in NARROW:
+        net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), profile(name), np.asarray(data.x_train))
+        ev = integer.evaluate(net, np.asarray(data.x_test), np.asarray(data.y_test))
+        assert integer.hardware_metrics(net, ev)["overflow_events"] > 0
+
+
+@pytest.mark.slow
+def test_the_export_refuses_a_run_without_a_deployed_network(runs, tmp_path):
+    with pytest.raises(ExportError, match="no status.json"):
+        export(tmp_path / "nothing")
+    failed = tmp_path / "failed"
+    with pytest.raises(ValueError):
+        run(make_cfg("logger=none", "hardware=int", "hardware.reset=never"), failed)
+    with pytest.raises(ExportError, match="status: failed"):
+        export(failed)
+    path, _ = runs["ff_lif"]
+    half = tmp_path / "half"
+    shutil.copytree(path, half)
+    shutil.rmtree(half / "checkpoints" / "quant")
+    with pytest.raises(ExportError, match="checkpoints/quant"):
+        export(half)
+    assert not (half / "export").exists()
+
+
+@pytest.mark.slow
+def test_a_float_state_run_exports_nir_alone_or_maps_onto_a_profile(tmp_path):
+    path = tmp_path / "run"
+    run(make_cfg("data=digits", "logger=none", "trainer.epochs=1", "mode=ptq", "model.hidden=[32]"), path)
+    assert {p.name for p in export(path)} == {"network.nir"}
+    written = export(path, tmp_path / "x", hardware="xylo")
+    assert {p.name for p in written} == {"network.nir", "integer.npz", "integer.json"}
+    meta = json.loads((tmp_path / "x" / "integer.json").read_text())
+    assert meta["profile"]["name"] == "xylo" and meta["source"]["mapped_after_training"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["qat", "qt", "ptq", "srq"])
+@pytest.mark.parametrize("hw", PROFILES)
+def test_every_profile_runs_end_to_end_on_digits_in_every_mode(hw, mode, tmp_path):
+    cfg = make_cfg("data=digits", "logger=none", f"hardware={hw}", f"mode={mode}", "trainer.epochs=1",
+                   "++mode.quant_epochs=1", "++mode.calib_batches=2", "model.hidden=[16]")
+    m = run(cfg, tmp_path)
+    assert m["hardware"] == hw and 0.0 <= m["quant_accuracy"] <= 1.0
+    assert (tmp_path / "integer" / "integer.json").exists()
+    assert m["integer_memory_bits"]["total"] > 0 and m["float_state_accuracy"] is not None
