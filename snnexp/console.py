@@ -36,6 +36,7 @@ def results_table(result: dict[str, Any]) -> str:
         ("synaptic ACs / sample", fmt(result.get("synaptic_acs_per_sample"))),
         ("synaptic MACs / sample", fmt(result.get("synaptic_macs_per_sample"))),
         ("synaptic ops / sample", fmt(result["synaptic_ops_per_sample"])),
+        *_integer_rows(result, fmt),
         ("train time (s)", fmt(result["train_time_s"])),
         ("steps / s", fmt(result["steps_per_s"])),
     ]
@@ -43,3 +44,18 @@ def results_table(result: dict[str, Any]) -> str:
     line = "+" + "-" * (width + 2) + "+" + "-" * 24 + "+"
     body = "\n".join(f"| {k:<{width}} | {v:<22} |" for k, v in rows)
     return f"{line}\n{body}\n{line}"
+
+
+def _integer_rows(result: dict[str, Any], fmt: Any) -> list[tuple[str, str]]:
+    """The rows of a run with integer neuron state (``hardware=int*``); none for float state."""
+    if result.get("hardware", "float") == "float":
+        return []
+    needed = result.get("accumulator_bits_needed") or {}
+    return [
+        ("hardware", str(result["hardware"])),
+        ("float-state accuracy", fmt(result.get("float_state_accuracy"))),
+        ("QAT spike agreement", fmt(result.get("qat_spike_agreement"))),
+        ("integer memory (bits)", fmt((result.get("integer_memory_bits") or {}).get("total"))),
+        ("accumulator bits", f"{max(needed.values(), default=0)} of {result.get('accumulator_bits')}"),
+        ("overflow events", fmt(result.get("overflow_events"))),
+    ]

@@ -119,7 +119,8 @@ def run(net: Network, codes: np.ndarray) -> dict[str, Any]:
     acc_rule = prof["current_overflow"] or prof["overflow"]
     shift = prof["shift"]
     p = [{name: net.array(layer, name) for name in
-          ("weight", "recurrent", "bias", "threshold", "beta", "alpha")} for layer in layers]
+          ("weight", "recurrent", "weight_shift", "recurrent_shift", "bias", "threshold", "beta", "alpha")}
+         for layer in layers]
     state = [{"v": np.zeros((b, layer["size"]), np.int64), "i": np.zeros((b, layer["size"]), np.int64)}
              for layer in layers]
     overflow = [{"accumulator": 0, "current": 0, "membrane": 0} for _ in layers]
@@ -139,10 +140,10 @@ def run(net: Network, codes: np.ndarray) -> dict[str, Any]:
         for j, layer in enumerate(layers):
             w, st = p[j], state[j]
             kind = layer["kind"]
-            raw = x @ w["weight"]
+            raw = (x @ w["weight"]) << w["weight_shift"]
             fired = (st["v"] > w["threshold"]).astype(np.int64) if kind != "li" else None
             if layer["recurrent"]:
-                raw = raw + fired @ w["recurrent"]
+                raw = raw + ((fired @ w["recurrent"]) << w["recurrent_shift"])
             a = accumulate(j, raw)
             if kind == "li":
                 st["v"], n = _fit(_leak(st["v"], w["beta"], prof) + a, sbits, prof["overflow"])

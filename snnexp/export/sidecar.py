@@ -77,6 +77,11 @@ def write(net: IntegerNetwork, out_dir: Path, *, dt: float, source: dict[str, An
             arrays[f"{key}.{name}_packed"] = pack(codes, bits)
             entry["arrays"][name] = f"{key}.{name}"
             entry["arrays"][f"{name}_packed"] = f"{key}.{name}_packed"
+        shifts = {"weight_shift": layer.weight_shift, "recurrent_shift": layer.recurrent_shift}
+        for name, value in shifts.items():
+            if name == "weight_shift" or layer.recurrent is not None:
+                arrays[f"{key}.{name}"] = (np.zeros(layer.size, np.int32) if value is None else value).astype(np.int32)
+                entry["arrays"][name] = f"{key}.{name}"
         for name in ("bias", "threshold", "beta", "alpha", "unit"):
             value = getattr(layer, name)
             if value is None or (name == "threshold" and layer.kind == "li"):

@@ -41,6 +41,9 @@ from snnexp.hardware.profiles import HardwareError, Profile
 
 KINDS = {spyx.nn.LIF: "lif", spyx.nn.CuBaLIF: "cuba_lif", spyx.nn.IF: "if"}
 _F32_EXACT = 2**24
+# Worths within this (relative, and in log2) of a power-of-two ratio are that ratio: qwix's per-channel scales
+# of one ternary matrix differ in the last float32 bit, which must not become a shift and a re-rounding.
+SHIFT_TOLERANCE = 1e-4
 
 
 def neuron_kind(neuron: Any) -> str:
@@ -97,6 +100,8 @@ class IntLayer:
         unit: the float value of one weight step of the synaptic sum (float32).
         threshold: the integer threshold in state units (already shifted; 0 for ``li``).
         beta: membrane decay (multiplier or shift); ``alpha``: ``cuba_lif``'s current decay.
+        weight_shift: per neuron, the left shift of the ``weight`` sum into the unit (``None``: 0);
+            ``recurrent_shift`` that of the ``recurrent`` sum.
     """
 
     name: str
@@ -109,6 +114,8 @@ class IntLayer:
     threshold: np.ndarray
     beta: np.ndarray
     alpha: np.ndarray | None = None
+    weight_shift: np.ndarray | None = None
+    recurrent_shift: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -188,21 +195,23 @@ class IntegerNetwork:
             srcs = [source(p) for p in paths]
             # what one code is worth: the input layer's codes are of inputs coded at in_scale, the rest of spikes
             worth = [s[1] * (in_scale if i == 0 and k == 0 else 1.0) for k, s in enumerate(srcs)]
-            codes, unit, qtype = _share_unit([s[0] for s in srcs], worth, srcs[0][2], per_neuron=True)
+            qtype = srcs[0][2]
+            codes, unit, shifts = share_unit([s[0] for s in srcs], worth, qtype, per_neuron=True)
             theta, n_clip = _threshold(float(neuron.threshold), unit, profile)
             clipped += n_clip
             layers.append(IntLayer(
                 name=f"hidden/{i}", kind=kind, weight=codes[0], recurrent=codes[1] if len(codes) > 1 else None,
-                weight_qtype=qtype, bias=_bias(deployed.fc[i], unit, profile), unit=unit.astype(np.float32),
+                weight_qtype=qtype, weight_shift=shifts[0], recurrent_shift=shifts[1] if len(shifts) > 1 else None,
+                bias=_bias(deployed.fc[i], unit, profile), unit=unit.astype(np.float32),
                 threshold=theta, beta=_decay(neuron, "beta", kind != "if", profile),
                 alpha=_decay(neuron, "alpha", kind == "cuba_lif", profile),
             ))
-        codes, unit, qtype = _share_unit([source("readout")[0]], [source("readout")[1]], source("readout")[2],
-                                         per_neuron=False)
+        r_codes, r_scale, qtype = source("readout")
+        codes, unit, shifts = share_unit([r_codes], [r_scale], qtype, per_neuron=False)
         n_out = codes[0].shape[1]
         li_beta = np.broadcast_to(np.asarray(deployed.li.beta[...], np.float64), (n_out,))
         layers.append(IntLayer(
-            name="readout", kind="li", weight=codes[0], recurrent=None, weight_qtype=qtype,
+            name="readout", kind="li", weight=codes[0], recurrent=None, weight_qtype=qtype, weight_shift=shifts[0],
             bias=_bias(deployed.readout, unit, profile), unit=unit.astype(np.float32),
             threshold=np.zeros(n_out, np.int32), beta=quantize_decay(li_beta, profile),
         ))
@@ -214,10 +223,13 @@ class IntegerNetwork:
         """Refuses a network whose int32 arithmetic could overflow (a wider profile than int32 allows)."""
         x_max = 1 if self.input_binary else 2 ** (self.profile.input_bits - 1)
         for i, layer in enumerate(self.layers):
-            fan = layer.weight.shape[0] * (x_max if i == 0 else 1)
+            shift = int(np.max(_zeros_if_none(layer.weight_shift, layer.size), initial=0))
+            w_max = int(np.max(np.abs(layer.weight), initial=1))
+            worst = layer.weight.shape[0] * (x_max if i == 0 else 1) * w_max << shift
             if layer.recurrent is not None:
-                fan += layer.recurrent.shape[0]
-            worst = fan * int(np.max(np.abs(layer.weight), initial=1)) + int(np.max(np.abs(layer.bias), initial=0))
+                r_shift = int(np.max(_zeros_if_none(layer.recurrent_shift, layer.size), initial=0))
+                worst += layer.recurrent.shape[0] * int(np.max(np.abs(layer.recurrent), initial=1)) << r_shift
+            worst += int(np.max(np.abs(layer.bias), initial=0))
             if worst >= 2**31:
                 raise HardwareError(f"{layer.name}: a synaptic sum can reach {worst}, past int32")
 
@@ -251,6 +263,9 @@ class IntegerNetwork:
                 entry["rec"] = jnp.asarray(layer.recurrent, jnp.int32)
             if layer.alpha is not None:
                 entry["alpha"] = jnp.asarray(layer.alpha, jnp.int32)
+            entry["w_shift"] = jnp.asarray(_zeros_if_none(layer.weight_shift, layer.size), jnp.int32)
+            if layer.recurrent is not None:
+                entry["rec_shift"] = jnp.asarray(_zeros_if_none(layer.recurrent_shift, layer.size), jnp.int32)
             out.append(entry)
         return {"layers": out}
 
@@ -264,6 +279,10 @@ class IntegerNetwork:
         """Runs input codes ``[B, T, F]`` through the integer network (``forward``), on host arrays."""
         out = _forward(self.structure, record, self.arrays(), jnp.asarray(codes, jnp.int32))
         return jax.device_get(out)
+
+
+def _zeros_if_none(a: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n, np.int32) if a is None else a
 
 
 def input_coding(x_train: np.ndarray, profile: Profile) -> tuple[bool, float]:
@@ -280,16 +299,40 @@ def input_coding(x_train: np.ndarray, profile: Profile) -> tuple[bool, float]:
     return False, absmax / (2 ** (profile.input_bits - 1) - 1) if absmax > 0 else 1.0
 
 
-def _share_unit(codes: Sequence[np.ndarray], scales: Sequence[np.ndarray], qtype: str, *, per_neuron: bool
-                ) -> tuple[list[np.ndarray], np.ndarray, str]:
-    """One unit per neuron (or per layer) for matrices that feed the same neurons; codes re-rounded onto it."""
-    unit = np.max(np.stack(scales), axis=0)
+def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtype: str, *, per_neuron: bool
+               ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """One unit per neuron (or per layer) for the matrices that feed the same neurons.
+
+    The unit is the finest worth; a coarser matrix's sum enters shifted left
+    by ``k = ceil(log2(worth / unit) - 1e-4)`` bits (per neuron), its codes re-rounded
+    by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]`` (1: the
+    codes are unchanged, as for a layer fed by one matrix).
+
+    Args:
+        codes: integer codes ``[n_in, H]`` per matrix.
+        worth: the float value of one code of each matrix, per neuron ``[H]``.
+        qtype: the codes' qtype (their range).
+        per_neuron: one unit per neuron, or one for the whole layer (the readout).
+
+    Returns:
+        ``(codes, unit [H], shifts)``: re-rounded codes and a shift ``[H]`` (int32) per matrix.
+    """
+    worth = [np.asarray(w, np.float32) for w in worth]  # float32, as the QAT grid computes it
+    stack = np.stack([np.where(w > 0, w, np.inf) for w in worth])
+    unit = np.min(stack, axis=0)
     if not per_neuron:
-        unit = np.full_like(unit, unit.max())
-    unit = np.where(unit > 0, unit, 1.0)
+        unit = np.full_like(unit, np.min(unit))
+    unit = np.where(np.isfinite(unit), unit, np.float32(1.0)).astype(np.float32)
     lo, hi = code_range(qtype)
-    out = [np.clip(np.rint(c * (s / unit)), lo, hi).astype(np.int32) for c, s in zip(codes, scales, strict=True)]
-    return out, unit, qtype
+    out, shifts = [], []
+    for c, w in zip(codes, worth, strict=True):
+        ratio = np.where(w > 0, w / unit, np.float32(1.0)).astype(np.float32)
+        k = np.maximum(np.ceil(np.log2(ratio) - np.float32(SHIFT_TOLERANCE)), 0).astype(np.int32)
+        factor = (ratio / np.exp2(k).astype(np.float32)).astype(np.float32)
+        same = np.all(np.abs(factor - 1) < SHIFT_TOLERANCE)
+        out.append(c if same else np.clip(np.rint(c.astype(np.float32) * factor), lo, hi).astype(np.int32))
+        shifts.append(k)
+    return [o.astype(np.int32) for o in out], unit, shifts
 
 
 def _threshold(theta: float, unit: np.ndarray, profile: Profile) -> tuple[np.ndarray, int]:
@@ -408,7 +451,7 @@ def _forward(structure: tuple, record: bool, arrays: dict[str, Any], codes: jax.
     ops = IntOps(profile)
     layers = arrays["layers"]
     b, t, f = codes.shape
-    d0 = _matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]).reshape(b, t, -1)
+    d0 = (_matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]) << layers[0]["w_shift"]).reshape(b, t, -1)
 
     def accumulate(i: int, raw: jax.Array) -> Accumulated:
         raw = raw + layers[i]["b"]
@@ -417,12 +460,13 @@ def _forward(structure: tuple, record: bool, arrays: dict[str, Any], codes: jax.
 
     def readout(spikes: jax.Array) -> jax.Array:
         tt, bb, h = spikes.shape
-        return _matmul(spikes.reshape(tt * bb, h), layers[-1]["w"], exact[-1]).reshape(tt, bb, -1)
+        out = _matmul(spikes.reshape(tt * bb, h), layers[-1]["w"], exact[-1]) << layers[-1]["w_shift"]
+        return out.reshape(tt, bb, -1)
 
     return simulate(
         ops, kinds, layers, jnp.swapaxes(d0, 0, 1),
-        drive=lambda i, x: _matmul(x, layers[i]["w"], exact[i]),
-        recur=lambda i, s: _matmul(s, layers[i]["rec"], True) if "rec" in layers[i] else 0,
+        drive=lambda i, x: _matmul(x, layers[i]["w"], exact[i]) << layers[i]["w_shift"],
+        recur=lambda i, s: _matmul(s, layers[i]["rec"], True) << layers[i]["rec_shift"] if "rec" in layers[i] else 0,
         accumulate=accumulate, readout=readout, dtype=jnp.int32, record=record,
     )
 

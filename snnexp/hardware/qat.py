@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from snnexp.hardware.arith import SteOps, ste_round
-from snnexp.hardware.integer import Accumulated, IntegerNetwork, code_range, neuron_kind, simulate
+from snnexp.hardware.integer import SHIFT_TOLERANCE, Accumulated, IntegerNetwork, code_range, neuron_kind, simulate
 from snnexp.hardware.profiles import Profile
 from snnexp.quant import ternarize, unquantized_matmul
 
@@ -89,38 +89,55 @@ class IntegerGrid:
     input_scale: float
     record: bool = False
 
-    def units(self, m: nnx.Module) -> list[jax.Array]:
-        """The unit ``[H]`` of every layer of ``m`` (the readout's one value for all classes), no gradient."""
+    def _sources(self, m: nnx.Module) -> list[list[tuple[jax.Array, jax.Array]]]:
+        """Per layer, its matrices as ``(codes, worth [H])``: straight-through codes and what one code is worth."""
         out = []
         for i in range(len(m.neurons)):
-            scale = kernel_scale(m.fc[i].kernel[...], self.qtypes[i]) * (self.input_scale if i == 0 else 1.0)
+            codes, scale = kernel_codes(m.fc[i].kernel[...], self.qtypes[i])
+            layer = [(codes, scale * (self.input_scale if i == 0 else 1.0))]  # layer 0's codes: of input codes
             if hasattr(m, "rec"):  # fed spikes: one spike is worth its scale
-                scale = jnp.maximum(scale, kernel_scale(m.rec[i].kernel[...], self.qtypes[i]))
-            out.append(scale)
-        r = kernel_scale(m.readout.kernel[...], self.qtypes[-1])
-        out.append(jnp.broadcast_to(jnp.max(r), r.shape))
-        return [jax.lax.stop_gradient(jnp.where(u > 0, u, 1.0)) for u in out]
+                layer.append(kernel_codes(m.rec[i].kernel[...], self.qtypes[i]))
+            out.append(layer)
+        out.append([kernel_codes(m.readout.kernel[...], self.qtypes[-1])])
+        return out
 
-    def _shared_codes(self, m: nnx.Module, i: int, unit: jax.Array) -> list[jax.Array]:
-        """A recurrent layer's two matrices ``[fc/i, rec/i]`` as codes on the shared unit (straight-through).
+    def layers(self, m: nnx.Module) -> list[tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]]:
+        """Per layer ``(unit [H], [(codes on the unit, shift [H]) per matrix])``, as ``share_unit`` maps them.
 
-        qwix's fake-quant matmul gives ``codes x own scale``; the integer network
-        re-rounds the finer matrix onto the shared unit, so these sums are
-        computed from the codes here, not through qwix.
+        The unit is the finest worth (the readout's one value for all classes);
+        a coarser matrix enters shifted left by ``ceil(log2(worth / unit))``,
+        its codes re-rounded by the rest (straight-through).
         """
         out = []
-        for w, factor in ((m.fc[i].kernel[...], self.input_scale if i == 0 else 1.0), (m.rec[i].kernel[...], 1.0)):
-            codes, scale = kernel_codes(w, self.qtypes[i])
+        sources = self._sources(m)
+        for i, layer in enumerate(sources):
+            worth = jnp.stack([jnp.where(w > 0, w, jnp.inf) for _, w in layer])
+            unit = jnp.min(worth, axis=0)
+            if i == len(sources) - 1:
+                unit = jnp.broadcast_to(jnp.min(unit), unit.shape)
+            unit = jax.lax.stop_gradient(jnp.where(jnp.isfinite(unit), unit, 1.0))
             lo, hi = code_range(self.qtypes[i])
-            out.append(jnp.clip(ste_round(codes * (scale * factor / unit)), lo, hi))
+            mats = []
+            for codes, w in layer:
+                ratio = jnp.where(w > 0, w / unit, 1.0)
+                k = jax.lax.stop_gradient(jnp.maximum(jnp.ceil(jnp.log2(ratio) - SHIFT_TOLERANCE), 0.0))
+                factor = jax.lax.stop_gradient(ratio / 2.0**k)
+                same = jnp.all(jnp.abs(factor - 1) < SHIFT_TOLERANCE)
+                mats.append((jnp.where(same, codes, jnp.clip(ste_round(codes * factor), lo, hi)), k))
+            out.append((unit, mats))
         return out
+
+    def units(self, m: nnx.Module) -> list[jax.Array]:
+        """The unit ``[H]`` of every layer of ``m`` (the readout's one value for all classes), no gradient."""
+        return [unit for unit, _ in self.layers(m)]
 
     def __call__(self, m: nnx.Module, x: jax.Array) -> Any:
         """Runs ``m`` on ``x [B, T, F]`` on the integer grid (called from ``m.__call__``)."""
         prof = self.profile
         kinds = (*(neuron_kind(n) for n in m.neurons), "li")
         ops = SteOps(prof, m.neurons[0].spike)
-        units = self.units(m)
+        grid = self.layers(m)
+        units = [unit for unit, _ in grid]
         params = []
         for i, kind in enumerate(kinds):
             neuron = m.li if kind == "li" else m.neurons[i]
@@ -140,13 +157,16 @@ class IntegerGrid:
             x = jnp.clip(ste_round(x / self.input_scale), -q, q) * self.input_scale
         b, t, f = x.shape
         has_rec = hasattr(m, "rec")
-        shared = [self._shared_codes(m, i, units[i]) for i in range(len(m.neurons))] if has_rec else None
+
+        def summed(i: int, k: int, inputs: jax.Array) -> jax.Array:  # matrix k of layer i on the unit
+            codes, shift = grid[i][1][k]
+            return unquantized_matmul(inputs, codes) * 2.0**shift
 
         def drive(i: int, s: jax.Array) -> jax.Array:
-            if shared is None:  # qwix's fake-quant matmul: codes x scale, on the neuron's own unit
+            if not has_rec:  # one matrix on its own scale: qwix's fake-quant matmul is exactly codes x unit
                 return m.fc[i](s) / units[i]
             codes_in = s / self.input_scale if i == 0 else s  # the input codes of layer 0
-            return unquantized_matmul(codes_in, shared[i][0]) + m.fc[i].bias[...] / units[i]
+            return summed(i, 0, codes_in) + m.fc[i].bias[...] / units[i]
 
         d0 = drive(0, x.reshape(b * t, f)).reshape(b, t, -1)
 
@@ -154,13 +174,14 @@ class IntegerGrid:
             fitted = ops.fit(ste_round(raw), prof.accumulator_bits, prof.acc_overflow)
             return Accumulated(fitted.value, fitted.count, jnp.int32(0))
 
-        def readout(spikes: jax.Array) -> jax.Array:
+        def readout(spikes: jax.Array) -> jax.Array:  # one unit for all classes: the codes, shifted
             tt, bb, h = spikes.shape
-            return m.readout(spikes.reshape(tt * bb, h)).reshape(tt, bb, -1) / units[-1]
+            out = summed(len(grid) - 1, 0, spikes.reshape(tt * bb, h)) + m.readout.bias[...] / units[-1]
+            return out.reshape(tt, bb, -1)
 
         res = simulate(
             ops, kinds, params, jnp.swapaxes(d0, 0, 1), drive=drive,
-            recur=lambda i, s: unquantized_matmul(s, shared[i][1]) if has_rec else 0.0,
+            recur=lambda i, s: summed(i, 1, s) if has_rec else 0.0,
             accumulate=accumulate, readout=readout, dtype=jnp.float32, record=self.record,
         )
         if self.record:

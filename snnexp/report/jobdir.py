@@ -31,7 +31,7 @@ SKIP_DIRS = frozenset({".hydra", "checkpoints", "wandb", "__pycache__", ".git"})
 ID_COLUMNS = ("run", "run_dir", "source", "sweep", "status", "error", "config", "overrides")
 #: Columns read from the resolved config (``recipe`` and ``mode`` are also metrics).
 CONFIG_COLUMNS = {"seed": "seed", "recipe": "quant.name", "mode": "mode.name", "neuron": "neuron.name",
-                  "data": "data.name", "objective": "objective"}
+                  "hardware": "hardware.name", "data": "data.name", "objective": "objective"}
 #: A run marked running whose process is not here and whose files are older than this is incomplete.
 STALE_S = 900.0
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
