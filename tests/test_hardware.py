@@ -153,9 +153,10 @@ def test_hardware_metrics_match_hand_counts_on_a_tiny_network():
     m = integer.hardware_metrics(net, ev)
     hidden = m["integer_memory_bits"]["hidden/0"]
     # weights 6 x 4 bits; state 3 x 16; thresholds 3 x 15; one decay 3 x 12; biases 3 x 24
-    assert hidden == {"weights": 24, "state": 48, "thresholds": 45, "decays": 36, "biases": 72, "total": 225}
+    assert hidden == {"weights": 24, "state": 48, "thresholds": 45, "decays": 36, "biases": 72, "shifts": 0,
+                      "total": 225}
     assert m["integer_memory_bits"]["readout"] == {"weights": 24, "state": 32, "thresholds": 0, "decays": 24,
-                                                   "biases": 48, "total": 128}
+                                                   "biases": 48, "shifts": 0, "total": 128}
     assert m["integer_memory_bits"]["total"] == 353
     # the largest |sum + bias| of the hidden layer: step 0 inputs (1, 1): 3+1+1=5, -2+4=2, 7-8-1=-2 -> 5;
     # step 1 (1, 0): 4, -2, 6; step 2 (0, 1): 2, 4, -9 -> peak 9, which needs 5 bits

@@ -194,7 +194,8 @@ class IntegerNetwork:
             paths = [f"fc/{i}"] + ([f"rec/{i}"] if hasattr(deployed, "rec") else [])
             srcs = [source(p) for p in paths]
             # what one code is worth: the input layer's codes are of inputs coded at in_scale, the rest of spikes
-            worth = [s[1] * (in_scale if i == 0 and k == 0 else 1.0) for k, s in enumerate(srcs)]
+            worth = [s[1].astype(np.float32) * np.float32(in_scale if i == 0 and k == 0 else 1.0)
+                     for k, s in enumerate(srcs)]  # float32 products, as the QAT grid computes them
             qtype = srcs[0][2]
             codes, unit, shifts = share_unit([s[0] for s in srcs], worth, qtype, per_neuron=True)
             theta, n_clip = _threshold(float(neuron.threshold), unit, profile)
@@ -336,7 +337,7 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtype: 
 
 
 def _threshold(theta: float, unit: np.ndarray, profile: Profile) -> tuple[np.ndarray, int]:
-    raw = np.rint(theta / unit)
+    raw = np.rint(np.float32(theta) / unit.astype(np.float32))  # float32, as the QAT grid
     top = 2**profile.threshold_bits - 1
     clipped = int(np.sum((raw < 1) | (raw > top)))
     return (np.clip(raw, 1, top).astype(np.int64) << profile.shift).astype(np.int32), clipped
@@ -346,7 +347,8 @@ def _bias(linear: Any, unit: np.ndarray, profile: Profile) -> np.ndarray:
     if getattr(linear, "bias", None) is None:
         return np.zeros(unit.shape, np.int32)
     lo, hi = bounds(profile.accumulator_bits)
-    return np.clip(np.rint(np.asarray(linear.bias[...], np.float64) / unit), lo, hi).astype(np.int32)
+    bias = np.asarray(linear.bias[...], np.float32) / unit.astype(np.float32)
+    return np.clip(np.rint(bias), lo, hi).astype(np.int32)
 
 
 def _decay(neuron: Any, name: str, present: bool, profile: Profile) -> np.ndarray | None:
@@ -531,7 +533,8 @@ def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[st
     Returns:
         ``integer_memory_bits``: per layer, the bits of its weights at their
         packed width, state (neurons x ``state_bits`` per state variable),
-        thresholds, decays and biases, and ``total``;
+        thresholds, decays, biases, 4-bit per-neuron shifts where a matrix
+        has them, and ``total``;
         ``accumulator_bits_needed`` per layer (the widest synaptic sum seen on
         the test set) against ``accumulator_bits``; ``overflow`` per layer and
         variable, and ``overflow_events`` in all; ``threshold_clipped``.
@@ -549,6 +552,9 @@ def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[st
             "thresholds": 0 if layer.kind == "li" else n * p.threshold_bits,
             "decays": n * decays * p.decay_bits,
             "biases": n * p.accumulator_bits,
+            # a 4-bit exponent per neuron for each matrix whose sum is shifted (a shared unit)
+            "shifts": 4 * n * sum(int(np.any(k)) for k in (layer.weight_shift, layer.recurrent_shift)
+                                  if k is not None),
         }
         entry["total"] = sum(entry.values())
         memory[layer.name] = entry

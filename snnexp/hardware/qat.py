@@ -41,7 +41,7 @@ def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
 def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
     """``(codes, scale [out])`` of a kernel ``[in, out]`` as qwix's deployed network holds them, straight-through.
 
-    intN: ``clip(round(w * (1 / scale)), -qmax - 1, qmax)`` in float32; ternary:
+    intN: ``clip(round(w / scale), -qmax - 1, qmax)`` in float32 (qwix divides); ternary:
     ``snnexp.quant.ternarize``'s codes. The gradient of ``codes`` is ``w / scale``'s.
     """
     scale = kernel_scale(w, qtype)
@@ -49,7 +49,7 @@ def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
         codes, _ = ternarize(w)
     else:
         qmax = 2 ** (int(re.fullmatch(r"int(\d+)", qtype).group(1)) - 1) - 1
-        codes = jnp.clip(jnp.round(w * (1.0 / scale)), -qmax - 1, qmax)
+        codes = jnp.clip(jnp.round(w / scale), -qmax - 1, qmax)
     smooth = w / scale
     return smooth + jax.lax.stop_gradient(codes - smooth), jax.lax.stop_gradient(scale)
 
@@ -152,9 +152,9 @@ class IntegerGrid:
             if kind == "cuba_lif":
                 p["alpha"] = decay_code(jnp.broadcast_to(neuron.alpha[...], units[i].shape), prof)
             params.append(p)
-        if not self.input_binary:
+        if not self.input_binary:  # the input codes themselves (the integer network's encode)
             q = 2 ** (prof.input_bits - 1) - 1
-            x = jnp.clip(ste_round(x / self.input_scale), -q, q) * self.input_scale
+            x = jnp.clip(ste_round(x / self.input_scale), -q, q)
         b, t, f = x.shape
         has_rec = hasattr(m, "rec")
 
@@ -163,10 +163,10 @@ class IntegerGrid:
             return unquantized_matmul(inputs, codes) * 2.0**shift
 
         def drive(i: int, s: jax.Array) -> jax.Array:
-            if not has_rec:  # one matrix on its own scale: qwix's fake-quant matmul is exactly codes x unit
+            if not has_rec and (i > 0 or self.input_binary):
+                # spikes into one matrix on its own scale: qwix's fake-quant matmul is exactly codes x unit
                 return m.fc[i](s) / units[i]
-            codes_in = s / self.input_scale if i == 0 else s  # the input codes of layer 0
-            return summed(i, 0, codes_in) + m.fc[i].bias[...] / units[i]
+            return summed(i, 0, s) + m.fc[i].bias[...] / units[i]  # s: spikes, or layer 0's input codes
 
         d0 = drive(0, x.reshape(b * t, f)).reshape(b, t, -1)
 
