@@ -454,7 +454,7 @@ def test_every_model_recipe_and_mode_runs(model, recipe, mode, tmp_path):
 # ---------------------------------------------------------------------- presets
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-BASES = ["mnist1d_ff", "mnist1d_recurrent", "shd_ff", "shd_recurrent", "nmnist_conv"]
+BASES = ["mnist1d_ff", "mnist1d_recurrent", "shd_ff", "shd_recurrent", "nmnist_conv", "yinyang"]
 
 
 def features(cfg) -> int:
@@ -463,6 +463,8 @@ def features(cfg) -> int:
         return {"current": 1, "delta": 2, "level": d.levels}[d.encoding]
     if d.name == "shd":
         return d.channels
+    if d.name == "yinyang":
+        return 4
     return 2 * (34 // d.pool) ** 2
 
 

@@ -82,6 +82,10 @@ BAD: dict[str, list[str]] = {
     "data.n_test": POSITIVE_INT,
     "data.features": POSITIVE_INT,
     "data.n_classes": POSITIVE_INT,
+    "data.eval_split": ["train", "3"],
+    "data.train_seed": ["-1", "0.5", "abc"],
+    "data.validation_seed": ["-1", "0.5", "abc"],
+    "data.test_seed": ["-1", "0.5", "abc"],
     # model
     "model._target_": TARGET,
     "model._partial_": NOT_BOOL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from snnexp import quant
-from snnexp.data import encoding, mnist1d, nmnist, shd
+from snnexp.data import encoding, mnist1d, nmnist, shd, yinyang
 from snnexp.models import conv
 from snnexp.schema.checks import (
     DECAY,
@@ -90,6 +90,18 @@ class SyntheticData(Target):
     features: int = spec(at_least(1, template=POSITIVE))
     n_classes: int = spec(at_least(1, template=POSITIVE))
     seed: int = spec(at_least(0))
+
+
+@dataclass
+class YinYangData(Target):
+    """``conf/data/yinyang.yaml``: ``snnexp.data.yinyang.load``."""
+
+    encoding: str = spec(one_of(yinyang.ENCODINGS))
+    steps: int = spec(at_least(1, template=POSITIVE))
+    eval_split: str = spec(one_of(yinyang.EVAL_SPLITS))
+    train_seed: int = spec(at_least(0))
+    validation_seed: int = spec(at_least(0))
+    test_seed: int = spec(at_least(0))
 
 
 @dataclass
@@ -296,6 +308,7 @@ BY_TARGET: dict[str, dict[str, type]] = {
         "snnexp.data.nmnist.load": NmnistData,
         "snnexp.data.shd.load": ShdData,
         "snnexp.data.synthetic.load": SyntheticData,
+        "snnexp.data.yinyang.load": YinYangData,
     },
     "model": {
         "snnexp.models.FeedForwardSNN": FeedForwardModel,
