@@ -14,7 +14,8 @@
 #   urgent  PriorityTier=10: a job here preempts debug and grace jobs holding what it needs
 # An urgent job asking for the whole node (--exclusive) preempts every debug and grace job on it.
 # AuthInfo cred_expire=10 (default 120): a requeued job waits that long in PENDING (BeginTime) before it may
-# start again, so each requeue in the tests costs ~10 s instead of ~2 minutes.
+# start again, so each requeue in the tests costs ~12 s instead of ~2 minutes (cred_expire=5: 7 s, but a job
+# step's credential must be used within that time, which a loaded machine might not do).
 set -euo pipefail
 
 DIR=${SNNEXP_SLURM_DIR:-/var/tmp/snnexp-slurm}
