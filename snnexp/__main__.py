@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted as e:
         try:
             if slurm.hand_back(e, RunDir(out_dir), hc.launcher if "timeout_min" in hc.launcher else None):
-                print(f"snnexp: {e}; requeued on Slurm: it resumes when it starts again", file=sys.stderr)
+                print(f"snnexp: stopped by {signal.Signals(e.signum).name} {e.where}, saved, and requeued on Slurm: "
+                      "it resumes when it starts again", file=sys.stderr)
                 sys.exit(128 + e.signum)
         except slurm.TimeLimitError as limit:
             RunDir(out_dir).failed(limit, preempted=False)

@@ -8,8 +8,9 @@ meant (``scontrol show job``) and does what makes the job run again:
   job completing with ``Restarts`` one up; it requeues the job itself.
 * preemption with ``GraceTime > 0`` (SIGTERM first, SIGKILL at its end): the
   job is running with ``PreemptTime`` set. Left to exit, it would end as done
-  and never run again; so it is requeued now (by submitit's handler, else
-  ``scontrol requeue``), and the preemptor starts without waiting.
+  and never run again; so it requeues itself now (``scontrol requeue``; not
+  through submitit's handler, which would count it as a time limit), and the
+  preemptor starts without waiting for the grace time to end.
 * submitit's signal (``SIGUSR2``: the time limit is near, or a cluster with
   ``PreemptParameters=send_user_signal`` preempts): submitit's own handler,
   run after the save, requeues the job, counting time limits against
@@ -59,7 +60,7 @@ def job_info(job: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 
-def _submitit_handler(signum: int) -> Any:
+def _submitit_handler() -> Any:
     """The requeueing signal handler (``SignalHandler.checkpoint_and_try_requeue``), or None."""
     if submitit_signal() is None:
         return None
@@ -97,37 +98,39 @@ def hand_back(stop: Preempted, record: Any, timeouts: dict[str, Any] | None = No
     job = job_id()
     if job is None:
         return False
-    signum = stop.signum
-    handler = _submitit_handler(signum)
+    signum, name = stop.signum, signal.Signals(stop.signum).name
+    saved = f"stopped by {name} {stop.where}".rstrip()
     info = {} if signum == submitit_signal() else job_info(job)
     if _requeued_by_slurm(info):
-        record.requeued(f"{stop}; Slurm requeued job {job}")
-        log.warning("stopped by %s after saving; Slurm requeues job %s", signal.Signals(signum).name, job)
+        record.requeued(f"{saved}; Slurm requeued job {job}")
+        log.warning("%s, saved; Slurm requeues job %s", saved, job)
         return True
-    if signum != submitit_signal() and not _preempting(info):
-        return False  # scancel, a time limit, a plain SIGTERM: stop
-    why = "preempted" if signum != submitit_signal() else "time limit near or preempted"
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue signals this job again: nothing left to save
-    if handler is not None:
-        record.requeued(f"{stop}; {why}: requeued job {job}")  # first: submitit's handler exits the process
-        log.warning("%s: saved; submitit requeues job %s", why, job)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a requeue signals this job again: nothing is left to save
+    handler = _submitit_handler()
+    if signum == submitit_signal() and handler is not None:
+        record.requeued(f"{saved}; time limit near or preempted: submitit requeues job {job}")  # it then exits
+        log.warning("%s, saved; submitit requeues job %s", saved, job)
         try:
-            handler(signum, None)  # checkpoints the submission, scontrol requeue, then sys.exit
+            handler(signum, None)  # checkpoints the submission, scontrol requeue, sys.exit
         except Exception as e:
-            if "timed-out too many times" in str(e):
-                t = timeouts or {}
-                raise TimeLimitError(
-                    f"job {job} reached its Slurm time limit (hydra.launcher.timeout_min="
-                    f"{t.get('timeout_min')}) more often than hydra.launcher.max_num_timeout="
-                    f"{t.get('max_num_timeout')} requeues allow; its state was saved ({stop}): raise "
-                    "timeout_min or max_num_timeout and rerun the same multirun to resume") from None
-            raise
+            if "timed-out too many times" not in str(e):
+                raise
+            t = timeouts or {}
+            raise TimeLimitError(
+                f"job {job} reached its Slurm time limit (hydra.launcher.timeout_min={t.get('timeout_min')}) "
+                f"more often than hydra.launcher.max_num_timeout={t.get('max_num_timeout')} requeues allow; "
+                f"saved {stop.where}: raise either and rerun the same multirun to resume") from None
         return True
+    if not _preempting(info):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return False  # scancel, a time limit, a plain SIGTERM: the job stops
+    # Preempted with a grace time: requeue now (a preemption does not count against max_num_timeout; the
+    # submission submitit pickled is the same one, and the job resumes from its directory).
     try:
         subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("scontrol requeue %s failed (%s): the job stops", job, getattr(e, "stderr", "") or e)
         return False
-    record.requeued(f"{stop}; {why}: requeued job {job}")
-    log.warning("%s: saved and requeued job %s", why, job)
+    record.requeued(f"{saved}; preempted: requeued job {job}")
+    log.warning("%s, saved; preempted (PreemptTime %s): requeued job %s", saved, info.get("PreemptTime"), job)
     return True

@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 class Preempted(Exception):
     """The run was asked to stop (SIGTERM, SIGINT) and saved its state."""
 
-    def __init__(self, signum: int, message: str):
+    def __init__(self, signum: int, message: str, where: str = ""):
         super().__init__(message)
         self.signum = signum
+        self.where = where  # "in fp32 epoch 3 at step 5/22": where the state was saved
 
 
 class StopFlag:
@@ -42,7 +43,7 @@ class StopFlag:
         """Raises ``Preempted`` if a stop was requested."""
         if self.signum is not None:
             name = signal.Signals(self.signum).name
-            raise Preempted(self.signum, f"stopped by {name} {what}; rerun the same command to resume")
+            raise Preempted(self.signum, f"stopped by {name} {what}; rerun the same command to resume", what)
 
 
 def submitit_signal() -> signal.Signals | None:
