@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -145,12 +146,12 @@ def background(*args: str) -> subprocess.Popen:
 def references(tmp_path_factory):
     """The uninterrupted runs, started at once when the first test needs them (they run while it runs).
 
-    ``basic``: the sweep of the first test through the basic launcher (its job 0 is the preemption tests'
-    reference too); ``long``: a single run of the time-limit test's config.
+    ``basic``: the ptq jobs of the first test's sweep through the basic launcher (its job 0 is the
+    preemption tests' reference too); ``long``: a single run of the time-limit test's config.
     """
     root = tmp_path_factory.mktemp("references")
     procs = {
-        "basic": (background("-m", "logger=none", *MEDIUM, "mode=ptq,qat", "trainer.batch_size=64,0",
+        "basic": (background("-m", "logger=none", *MEDIUM, "trainer.batch_size=64,0",
                              f"hydra.sweep.dir={root / 'basic'}"), 1),  # exits 1: two bad jobs
         "long": (background("logger=none", *LONG, f"hydra.run.dir={root / 'long'}"), 0),
     }
@@ -168,7 +169,7 @@ def references(tmp_path_factory):
             proc.kill()
 
 
-def test_a_sweep_with_a_requeued_job_and_bad_values_matches_the_basic_launcher(references, tmp_path):
+def test_a_sweep_with_a_requeued_a_killed_and_bad_jobs_matches_the_basic_launcher(references, tmp_path):
     t0 = time.time()
     proc = multirun(tmp_path, *SLURM, "logger=none", *MEDIUM, "mode=ptq,qat", "trainer.batch_size=64,0")
     wait_rows(tmp_path / "0", 3, proc)
@@ -177,27 +178,31 @@ def test_a_sweep_with_a_requeued_job_and_bad_values_matches_the_basic_launcher(r
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
     t_requeue = time.time()
     t_mark = wait_status(tmp_path / "0", "requeued")
+    wait_rows(tmp_path / "2", 1, proc)
+    killed = slurm_job(tmp_path, 2)
+    os.kill(read(tmp_path / "2" / "status.json")["pid"], signal.SIGKILL)  # dies outright (the OOM killer, say)
     out = finish(proc)
     took = time.time() - t0
-    assert proc.returncode == 1, out[-4000:]  # two jobs failed: reported after all four ended
+    assert proc.returncode == 1, out[-4000:]  # three jobs failed: reported once all four had ended
     summary = out[out.index("snnexp sweep"):]
-    assert "2 of 4 jobs ok" in summary
+    assert "1 of 4 jobs ok" in summary
+    error = "ConfigError: trainer.batch_size=0 must be an integer >= 1"
     for num in (1, 3):  # refused with its one-line error and its metrics.json; the others ran
-        job_dir = tmp_path / str(num)
-        assert read(job_dir / "status.json")["status"] == "failed"
-        error = "ConfigError: trainer.batch_size=0 must be an integer >= 1"
-        assert read(job_dir / "metrics.json") == {"status": "failed", "error": error}
+        assert read(tmp_path / str(num) / "status.json")["status"] == "failed"
+        assert read(tmp_path / str(num) / "metrics.json") == {"status": "failed", "error": error}
         assert re.search(rf"^\s*{num} .*failed.*{re.escape(error)}", summary, flags=re.M), summary
+    died = read(tmp_path / "2" / "status.json")
+    assert died["status"] == "failed" and died["error"].startswith(f"Slurm job {killed} ended without a result")
+    assert re.search(rf"^\s*2 .*failed.*Slurm job {killed} ended without a result", summary, flags=re.M), summary
     reference = references("basic")
-    for num in (0, 2):
-        assert_equal_to(tmp_path / str(num), reference / str(num))
-    log = job_log(tmp_path, 0)
-    where = resumed_at(log)
-    assert len(where) == 1, log[-3000:]
+    assert_equal_to(tmp_path / "0", reference / "0")
+    assert read(reference / "1" / "metrics.json") == {"status": "failed", "error": error}
+    where = resumed_at(job_log(tmp_path, 0))
+    assert len(where) == 1, job_log(tmp_path, 0)[-3000:]
     assert "Traceback" not in out
-    figure(f"sweep of 4 jobs (2 refused), job 0 requeued by scontrol: {took:.1f} s in all; status requeued "
-           f"{t_mark - t_requeue:.1f} s after the requeue; {where[0]}; metrics and history equal to the basic "
-           "launcher's")
+    figure(f"sweep of 4 jobs (2 refused, 1 killed by SIGKILL), job 0 requeued by scontrol: "
+           f"{took:.1f} s in all; status requeued {t_mark - t_requeue:.1f} s after the requeue; {where[0]}; "
+           "metrics and history equal to the basic launcher's")
 
 
 def test_preemption_with_and_without_grace_time_resumes_and_ends_equal(references, tmp_path):
