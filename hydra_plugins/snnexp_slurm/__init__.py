@@ -65,8 +65,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             return job.results()[0]
         except Exception as e:  # noqa: BLE001 - submitit's UncompletedJobError, FailedJobError, ...
             job_dir = self._job_dir(overrides, num)
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            reason = f"Slurm job {job.job_id} ended without a result ({job.state}): {lines[0] if lines else e}"
+            reason = (f"Slurm job {job.job_id} ended without a result ({job.state}): killed, out of memory, or a "
+                      f"crash; its log: {job.paths.stderr}")
+            log.debug("[job %d] submitit: %s", num, e)
             status = _read(job_dir / "status.json")
             if status.get("status") not in FINAL:
                 job_dir.mkdir(parents=True, exist_ok=True)
