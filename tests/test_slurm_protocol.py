@@ -73,3 +73,25 @@ def test_requeued_keeps_the_metrics(tmp_path):
     assert rd.status() == {"status": "requeued",
                            "reason": "stopped by SIGTERM after fp32 epoch 2; preempted: requeued job 7"}
     assert (tmp_path / "metrics.json").read_text() == '{"status": "ok", "quant_accuracy": 0.9}\n'
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    (["sweep=recipes"], "snnexp-recipes"), (["hydra.sweep.dir=outputs/multirun/2026-12-02/01-33-00"],
+                                            "snnexp-2026-12-02_01-33-00"),
+])
+def test_the_slurm_launcher_asks_for_no_gpu_and_names_jobs_after_the_sweep(overrides, name):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from omegaconf import OmegaConf
+
+    import snnexp.launch  # noqa: F401 - registers the job-name resolver, as python -m snnexp does
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] is None and launcher["mem_gb"] == 4 and launcher["cpus_per_task"] == 2
+    assert launcher["name"] == name
+    bases = {f"{c.__module__}.{c.__qualname__}" for c in get_class(launcher["_target_"]).__mro__}
+    assert f"{SlurmLauncher.__module__}.SlurmLauncher" in bases  # by name: Hydra's plugin scan may reimport it
