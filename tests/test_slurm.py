@@ -39,7 +39,7 @@ pytestmark = [
 ]
 
 # ~0.5 s an epoch on 2 cores, a checkpoint after each: long enough to be stopped in the middle.
-MEDIUM = ["data.steps=64", "model.hidden=[384]", "trainer.steps_per_call=2", "trainer.epochs=16", "quant=w8a8",
+MEDIUM = ["data.steps=64", "model.hidden=[384]", "trainer.steps_per_call=2", "trainer.epochs=10", "quant=w8a8",
           "mode=ptq"]
 # ~50 s of training: longer than what a job with timeout_min=1 does before its SIGUSR2.
 LONG = [*MEDIUM[:-3], "trainer.epochs=80", "quant=w8a8", "mode=ptq"]
@@ -172,7 +172,7 @@ def references(tmp_path_factory):
 def test_a_sweep_with_a_requeued_a_killed_and_bad_jobs_matches_the_basic_launcher(references, tmp_path):
     t0 = time.time()
     proc = multirun(tmp_path, *SLURM, "logger=none", *MEDIUM, "mode=ptq,qat", "trainer.batch_size=64,0")
-    wait_rows(tmp_path / "0", 3, proc)
+    wait_rows(tmp_path / "0", 2, proc)
     job = slurm_job(tmp_path, 0)
     assert sacct(job, "JobName")[0].startswith("snnexp-")  # named after the sweep, not __main__
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
@@ -213,7 +213,7 @@ def test_preemption_with_and_without_grace_time_resumes_and_ends_equal(reference
                             "trainer.batch_size=64")
              for part, sweep in sweeps.items()}
     for part, sweep in sweeps.items():
-        wait_rows(sweep / "0", 3, procs[part])
+        wait_rows(sweep / "0", 2, procs[part])
     run_ids = {part: (sweep / "0" / "wandb_id.txt").read_text() for part, sweep in sweeps.items()}
     t_preempt = time.time()
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "--exclusive", "-o", str(tmp_path / "u.out"),
