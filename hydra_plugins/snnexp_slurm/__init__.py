@@ -69,12 +69,15 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                       f"crash; its log: {job.paths.stderr}")
             log.debug("[job %d] submitit: %s", num, e)
             status = _read(job_dir / "status.json")
-            if status.get("status") not in FINAL:
+            if status.get("status") in FINAL:  # it recorded its end (stopped by scancel, say): that says more
+                log.warning("[job %d] Slurm job %s ended %s after recording %r", num, job.job_id, job.state,
+                            status.get("status"))
+            else:
                 job_dir.mkdir(parents=True, exist_ok=True)
                 _write(job_dir / "status.json", {"status": "failed", "error": reason})
                 if not (job_dir / "metrics.json").exists():
                     _write(job_dir / "metrics.json", {"status": "failed", "error": reason})
-            log.error("[job %d] %s", num, reason)
+                log.error("[job %d] %s", num, reason)
             ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="snnexp")
             ret.status, ret.return_value = JobStatus.COMPLETED, None
             return ret
