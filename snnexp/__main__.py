@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from snnexp import launch, schema
+from snnexp import launch, schema, slurm
 from snnexp.errors import USER_ERRORS, ConfigError
 from snnexp.rundir import RunDir
 from snnexp.train import Preempted, run
@@ -45,6 +46,17 @@ def main(cfg: DictConfig) -> float | None:
         launch.configure(cfg)
         metrics = run(cfg, out_dir)
     except Preempted as e:
+        try:
+            if slurm.hand_back(e, RunDir(out_dir), hc.launcher if "timeout_min" in hc.launcher else None):
+                print(f"snnexp: stopped by {signal.Signals(e.signum).name} {e.where}, saved, and requeued on Slurm: "
+                      "it resumes when it starts again", file=sys.stderr)
+                sys.exit(128 + e.signum)
+        except slurm.TimeLimitError as limit:
+            RunDir(out_dir).failed(limit, preempted=False)
+            log.error("TimeLimitError: %s (recorded in %s)", limit, out_dir)
+            if hc.mode == RunMode.MULTIRUN:
+                return None
+            sys.exit(2)
         print(f"snnexp: {e}.\nTo resume: {launch.resume_command(hc)}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except Exception as e:

@@ -19,6 +19,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 
+def job_name(sweep_dir: str, sweep: str | None = None) -> str:
+    """The name of a sweep's Slurm jobs: ``snnexp-<sweep>`` for a named grid, else after the sweep directory.
+
+    ``conf/hydra/launcher/slurm.yaml`` uses it as ``${snnexp_job_name:${hydra.sweep.dir},...}``.
+    """
+    if sweep:
+        return f"snnexp-{sweep}"
+    parts = Path(str(sweep_dir)).parts[-2:]
+    return "snnexp-" + "_".join(p for p in parts if p not in ("outputs", "multirun")).replace(" ", "_")
+
+
+if not OmegaConf.has_resolver("snnexp_job_name"):
+    OmegaConf.register_new_resolver("snnexp_job_name", job_name)
+
+
 def enable_compile_cache(directory: str | Path) -> Path:
     """Turns on JAX's persistent compilation cache in ``directory``, for every program.
 

@@ -111,6 +111,10 @@ class RunDir:
         if not preempted:
             write_json(self.path / "metrics.json", {"status": "failed", "error": message})
 
+    def requeued(self, reason: str) -> None:
+        """Marks a stopped run that Slurm starts again (``metrics.json`` keeps its last content)."""
+        write_json(self.path / "status.json", {"status": "requeued", "reason": reason})
+
     def finished(self, metrics: dict[str, Any]) -> None:
         """Writes the final metrics, then marks the run ok."""
         write_json(self.path / "metrics.json", metrics)

@@ -165,6 +165,10 @@ def test_failed_incomplete_and_running_runs(runs_root, tmp_path):
     old = time.time() - 3600
     for f in gone.iterdir():
         os.utime(f, (old, old))
+    requeued = tmp_path / "runs" / "requeued"  # stopped and saved on Slurm, waiting to run again
+    shutil.copytree(running, requeued)
+    (requeued / "status.json").write_text(json.dumps(
+        {"status": "requeued", "reason": "stopped by SIGTERM after fp32 epoch 2; preempted: requeued job 7"}))
 
     runs = report.build_report([runs_root, tmp_path / "runs"], tmp_path / "out")
     by_dir = {Path(r["run_dir"]).name: r for r in runs.table.to_dict("records")}
@@ -175,13 +179,15 @@ def test_failed_incomplete_and_running_runs(runs_root, tmp_path):
     assert by_dir["killed"]["recipe"] == "fp32"  # the config is still read
     assert by_dir["running"]["status"] == "running" and by_dir["running"]["last_epoch"] == 2
     assert by_dir["gone"]["status"] == "incomplete" and "process is gone" in by_dir["gone"]["error"]
+    assert by_dir["requeued"]["status"] == "requeued" and "requeued job 7" in by_dir["requeued"]["error"]
     assert by_dir["missing_data"]["status"] == "failed"
     assert by_dir["missing_data"]["error"].startswith("FileNotFoundError: SHD file not found")
 
     html = (tmp_path / "out" / "report.html").read_text()
     section = html.split("<h2>Failed, incomplete and running runs</h2>", 1)[1].split("</section>", 1)[0]
-    for name in ("handmade_failed", "killed", "missing_data", "running", "gone"):
+    for name in ("handmade_failed", "killed", "missing_data", "running", "gone", "requeued"):
         assert name in section
+    assert '<span class="st requeued">requeued</span>' in section
     assert "ConfigError: mode.name=&#39;bogus&#39;" in section and "&lt;&amp;&gt;" in section
     assert HANDMADE_ERROR not in html  # never unescaped
 

@@ -2,9 +2,11 @@
 
 A Hydra job writes ``.hydra/overrides.yaml`` and ``.hydra/hydra.yaml``; snnexp adds
 the resolved ``config.yaml``, ``metrics.json``, ``history.jsonl`` and
-``status.json``. Status: ``status.json`` says ``running``, ``ok``, ``failed`` or
-``preempted``. A run marked ``running`` whose process is gone (and whose files
-have not changed for :data:`STALE_S`) is ``incomplete``; so is a run with
+``status.json``. Status: ``status.json`` says ``running``, ``ok``, ``failed``,
+``preempted`` (stopped and saved) or ``requeued`` (stopped, saved, and
+waiting for Slurm to run it again; its reason shows as the error). A run
+marked ``running`` whose process is gone (and whose files have not changed
+for :data:`STALE_S`) is ``incomplete``; so is a run with
 neither file. A file that cannot be read makes its run's error say so; it never
 stops the report.
 """
@@ -128,7 +130,7 @@ def _status(run_dir: Path, status: Mapping, metrics: Any, history: list, problem
         problems.append("status.json says running but its process is gone: killed (rerun to resume)")
         return "incomplete", ""
     if said:
-        return said, str(status.get("error") or (metrics or {}).get("error") or "")
+        return said, str(status.get("error") or status.get("reason") or (metrics or {}).get("error") or "")
     problems.append("no metrics.json or status.json: running, killed, or failed before writing them")
     return "incomplete", ""
 

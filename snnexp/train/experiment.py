@@ -64,19 +64,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     tracker = None
     try:
-        data = build.data(cfg)
-        settings = settings.fit(len(data.x_train), len(data.x_test))
-        model, sample = build.network(cfg, data, rules, settings)
-        rd.write_network(data.features, data.n_classes, data.steps, model.layer_sizes())
-        state = checkpoint.TrainState(rd.checkpoints / "train")
-        saved = state.latest_progress()
-        tracker = build.tracker(cfg, rd.path, resolved, resume_step=saved["global_epoch"] if saved else 0)
-        log.info(
-            "%s: %d train / %d test, T=%d, F=%d, %d classes | model %s | %s %s",
-            data.name, len(data.x_train), len(data.x_test), data.steps, data.features,
-            data.n_classes, model.layer_sizes(), cfg.quant.name, cfg.mode.name,
-        )
+        # From here on a stop request (SIGTERM, SIGINT, submitit's signal in a Slurm job) waits for a step boundary.
         with stop_on_signals() as stop:
+            data = build.data(cfg)
+            settings = settings.fit(len(data.x_train), len(data.x_test))
+            model, sample = build.network(cfg, data, rules, settings)
+            rd.write_network(data.features, data.n_classes, data.steps, model.layer_sizes())
+            state = checkpoint.TrainState(rd.checkpoints / "train")
+            saved = state.latest_progress()
+            tracker = build.tracker(cfg, rd.path, resolved, resume_step=saved["global_epoch"] if saved else 0)
+            log.info(
+                "%s: %d train / %d test, T=%d, F=%d, %d classes | model %s | %s %s",
+                data.name, len(data.x_train), len(data.x_test), data.steps, data.features,
+                data.n_classes, model.layer_sizes(), cfg.quant.name, cfg.mode.name,
+            )
             setup = Setup(
                 model=model, rules=rules, sample=sample,
                 trainer=Trainer(Arrays.put(data), settings, tracker, state, stop),
@@ -84,9 +85,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, hardware=profile,
             )
             result = pipeline(setup)
-        state.close()
+            state.close()
+            if stop.signum is not None:  # after the last step: finishing takes less than stopping would
+                log.info("%s came after the last training step: finishing the run", stop.name())
     except BaseException as e:
-        preempted = isinstance(e, Preempted | KeyboardInterrupt)
+        # SystemExit: a launcher's own handler (submitit's requeue) exited outside a step boundary
+        preempted = isinstance(e, Preempted | KeyboardInterrupt | SystemExit)
         rd.failed(e, preempted=preempted)
         if tracker is not None:
             tracker.fail(f"{type(e).__name__}: {e}", preempted=preempted)
