@@ -30,7 +30,7 @@ def bounds(bits: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Overflowed:
-    """The result of an overflow rule, and how many elements were past the width."""
+    """The result of an overflow rule, and which elements were past the width (int32 0/1, ``x``'s shape)."""
 
     value: jax.Array
     count: jax.Array
@@ -43,14 +43,18 @@ class IntOps:
         self.p = profile
 
     def fit(self, x: jax.Array, bits: int, rule: Overflow) -> Overflowed:
-        """Saturates or wraps ``x`` into ``bits`` bits; counts the elements out of range."""
+        """Saturates or wraps ``x`` into ``bits`` bits; marks the elements out of range.
+
+        The marks stay elementwise (summed once after the time loop), so the
+        loop body stays one fused elementwise computation.
+        """
         lo, hi = bounds(bits)
-        out = (x < lo) | (x > hi)
+        out = ((x < lo) | (x > hi)).astype(jnp.int32)
         if rule == "saturate":
             value = jnp.clip(x, lo, hi)
         else:
             value = ((x - lo) & (2**bits - 1)) + lo
-        return Overflowed(value, jnp.sum(out, dtype=jnp.int32))
+        return Overflowed(value, out)
 
     def decay(self, v: jax.Array, m: jax.Array) -> jax.Array:
         """``v`` after one step of leak with the integer decay ``m`` (per neuron)."""
@@ -87,7 +91,7 @@ class SteOps(IntOps):
             value = jnp.clip(x, lo, hi)
         else:
             value = x + jax.lax.stop_gradient(jnp.mod(x - lo, 2.0**bits) + lo - x)
-        return Overflowed(value, jnp.sum((x < lo) | (x > hi), dtype=jnp.int32))
+        return Overflowed(value, ((x < lo) | (x > hi)).astype(jnp.int32))
 
     def decay(self, v: jax.Array, m: jax.Array) -> jax.Array:
         """The integer leak forward; the gradient of ``beta * v`` with the decay ``m`` stands for."""
@@ -119,7 +123,7 @@ def ste_round(x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass
 class Counts:
-    """Elements past their width in one step of one layer: accumulator, current, membrane."""
+    """Elements past their width in one step of one layer (0/1 marks, or 0): accumulator, current, membrane."""
 
     acc: jax.Array
     current: jax.Array

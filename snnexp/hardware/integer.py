@@ -268,18 +268,27 @@ class IntegerNetwork:
             if layer.recurrent is not None:
                 entry["rec_shift"] = jnp.asarray(_zeros_if_none(layer.recurrent_shift, layer.size), jnp.int32)
             out.append(entry)
-        return {"layers": out}
+        return {"layers": out, "input_scale": jnp.float32(self.input_scale)}
 
     @property
     def structure(self) -> tuple:
-        """What ``forward`` compiles for: profile, kinds, exactness of the float32 matmuls."""
+        """What ``forward`` compiles for: profile, kinds, exactness of the float32 matmuls, spike input."""
         return (self.profile, tuple(layer.kind for layer in self.layers),
-                tuple(self.f32_exact(i) for i in range(len(self.layers))))
+                tuple(self.f32_exact(i) for i in range(len(self.layers))), self.input_binary)
 
     def run(self, codes: np.ndarray, *, record: bool = False) -> dict[str, np.ndarray]:
-        """Runs input codes ``[B, T, F]`` through the integer network (``forward``), on host arrays."""
-        out = _forward(self.structure, record, self.arrays(), jnp.asarray(codes, jnp.int32))
+        """Runs input codes ``[B, T, F]`` (``encode``'s) through the integer network, on host arrays."""
+        out = _forward(self.structure, record, True, self.arrays(), jnp.asarray(codes, jnp.int32))
         return jax.device_get(out)
+
+    def run_inputs(self, x: jax.Array, arrays: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Runs raw inputs ``x [B, T, F]`` (e.g. device-resident data), encoding them on the device.
+
+        The device encoding is ``encode``'s float32 arithmetic (IEEE division and
+        round-half-to-even), so the codes are the same; ``arrays`` may be passed
+        to skip converting the parameters again.
+        """
+        return _forward(self.structure, False, False, self.arrays() if arrays is None else arrays, x)
 
 
 def _zeros_if_none(a: np.ndarray | None, n: int) -> np.ndarray:
@@ -394,8 +403,8 @@ def simulate(ops: IntOps, kinds: Sequence[str], params: Sequence[dict[str, Any]]
         return (z, z) if kind == "cuba_lif" else (z,)
 
     def step(carry, d0):
-        state, counts, acc_max = carry
-        new_state, rates, spikes = [], [], []
+        state, tally = carry
+        new_state, new_tally, rates, spikes = [], [], [], []
         x = None
         for i, kind in enumerate(hidden):
             raw = d0 if i == 0 else drive(i, x)
@@ -404,15 +413,17 @@ def simulate(ops: IntOps, kinds: Sequence[str], params: Sequence[dict[str, Any]]
             a = accumulate(i, raw)
             x, st, c = neuron_step(kind, ops, state[i], a.value, params[i])
             new_state.append(st)
+            acc_n, cur_n, mem_n, peak = tally[i]  # elementwise: summed once after the loop
+            new_tally.append((acc_n + a.count, cur_n + c.current, mem_n + c.membrane,
+                              jnp.maximum(peak, jax.lax.stop_gradient(a.peak))))
             rates.append(jnp.mean(x, axis=-1))
             spikes.append(x.astype(jnp.int8) if record else None)
-            counts = counts.at[i].add(jnp.stack([a.count, c.current, c.membrane]))
-            acc_max = acc_max.at[i].max(jax.lax.stop_gradient(a.peak))
-        return (new_state, counts, acc_max), (x, jnp.stack(rates, -1), spikes if record else None)
+        return (new_state, new_tally), (x, jnp.stack(rates, -1), spikes if record else None)
 
     n = len(kinds)
-    carry0 = ([init(i, k) for i, k in enumerate(hidden)], jnp.zeros((n, 3), jnp.int32), jnp.zeros(n, jnp.int32))
-    (_, counts, acc_max), (last, rates, spikes) = jax.lax.scan(step, carry0, drive0)
+    zeros = [jnp.zeros((b, params[i]["theta"].shape[0]), jnp.int32) for i in range(n - 1)]
+    carry0 = ([init(i, k) for i, k in enumerate(hidden)], [(z, z, z, z) for z in zeros])
+    (_, tally), (last, rates, spikes) = jax.lax.scan(step, carry0, drive0)
     a_out = accumulate(n - 1, readout(last))
 
     def integrate(v, a_t):
@@ -421,8 +432,11 @@ def simulate(ops: IntOps, kinds: Sequence[str], params: Sequence[dict[str, Any]]
 
     c_out = params[-1]["theta"].shape[0]
     _, (out, v_count) = jax.lax.scan(integrate, jnp.zeros((b, c_out), dtype), a_out.value)
-    counts = counts.at[n - 1].add(jnp.stack([a_out.count, jnp.int32(0), jnp.sum(v_count, dtype=jnp.int32)]))
-    acc_max = acc_max.at[n - 1].max(jax.lax.stop_gradient(a_out.peak))
+    total = functools.partial(jnp.sum, dtype=jnp.int32)
+    counts = jnp.stack([jnp.stack([total(a), total(c), total(m)]) for a, c, m, _ in tally]
+                       + [jnp.stack([total(a_out.count), jnp.int32(0), total(v_count)])])
+    acc_max = jnp.stack([jnp.max(p).astype(jnp.int32) for *_, p in tally]
+                        + [jnp.max(jax.lax.stop_gradient(a_out.peak)).astype(jnp.int32)])
     result = {"out": jnp.swapaxes(out, 0, 1), "rates": jnp.swapaxes(rates, 0, 1), "counts": counts,
               "acc_max": acc_max}
     if record:
@@ -432,7 +446,7 @@ def simulate(ops: IntOps, kinds: Sequence[str], params: Sequence[dict[str, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class Accumulated:
-    """An accumulator fitted to its width: value, elements past the width, largest magnitude seen."""
+    """An accumulator fitted to its width: value, 0/1 marks past the width, magnitudes before fitting."""
 
     value: jax.Array
     count: jax.Array
@@ -446,19 +460,22 @@ def _matmul(x: jax.Array, w: jax.Array, exact_f32: bool) -> jax.Array:
     return jax.lax.dot(x.astype(jnp.int32), w, preferred_element_type=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward(structure: tuple, record: bool, arrays: dict[str, Any], codes: jax.Array) -> dict[str, Any]:
-    """The deployed integer forward: input codes ``[B, T, F]`` int32 -> ``simulate``'s outputs."""
-    profile, kinds, exact = structure
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _forward(structure: tuple, record: bool, encoded: bool, arrays: dict[str, Any], codes: jax.Array
+             ) -> dict[str, Any]:
+    """The deployed integer forward: input codes ``[B, T, F]`` (or raw inputs, unless ``encoded``) -> ``simulate``."""
+    profile, kinds, exact, binary = structure
     ops = IntOps(profile)
     layers = arrays["layers"]
+    if not encoded:
+        codes = _encode(codes, arrays["input_scale"], profile, binary)
     b, t, f = codes.shape
     d0 = (_matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]) << layers[0]["w_shift"]).reshape(b, t, -1)
 
     def accumulate(i: int, raw: jax.Array) -> Accumulated:
         raw = raw + layers[i]["b"]
         fitted = ops.fit(raw, profile.accumulator_bits, profile.acc_overflow)
-        return Accumulated(fitted.value, fitted.count, jnp.max(jnp.abs(raw)).astype(jnp.int32))
+        return Accumulated(fitted.value, fitted.count, jnp.abs(raw))
 
     def readout(spikes: jax.Array) -> jax.Array:
         tt, bb, h = spikes.shape
@@ -471,6 +488,14 @@ def _forward(structure: tuple, record: bool, arrays: dict[str, Any], codes: jax.
         recur=lambda i, s: _matmul(s, layers[i]["rec"], True) << layers[i]["rec_shift"] if "rec" in layers[i] else 0,
         accumulate=accumulate, readout=readout, dtype=jnp.int32, record=record,
     )
+
+
+def _encode(x: jax.Array, scale: jax.Array, profile: Profile, binary: bool) -> jax.Array:
+    """``IntegerNetwork.encode`` on the device: the same float32 operations."""
+    if binary:
+        return x.astype(jnp.int32)
+    q = 2 ** (profile.input_bits - 1) - 1
+    return jnp.clip(jnp.round(x.astype(jnp.float32) / scale), -q, q).astype(jnp.int32)
 
 
 def bits_needed(peak: int) -> int:
@@ -490,16 +515,17 @@ def evaluate(net: IntegerNetwork, x: np.ndarray, y: np.ndarray, batch_size: int 
         ``{"accuracy", "loss", "spike_rate": {"layer_i", "mean"}, "overflow": {...},
         "accumulator_peak": [L+1]}``.
     """
-    codes = net.encode(x)
+    x = jnp.asarray(x)  # stays on the device: batches are sliced and encoded there
     y = np.asarray(y)
-    n = codes.shape[0]
+    arrays = net.arrays()
+    n = x.shape[0]
     bs = min(batch_size, n)
     correct, loss, rate_sum = 0, 0.0, 0.0
     counts = np.zeros((len(net.layers), 3), np.int64)
     peak = np.zeros(len(net.layers), np.int64)
     unit = np.float64(net.layers[-1].unit[0]) / 2**net.profile.shift
     for start in range(0, n, bs):  # the last, shorter batch compiles once more: padding rows would count
-        out = net.run(codes[start:start + bs])
+        out = jax.device_get(net.run_inputs(x[start:start + bs], arrays))
         labels = y[start:start + bs]
         trace = np.asarray(out["out"], np.int64)
         scores = trace.sum(axis=1)

@@ -172,7 +172,7 @@ class IntegerGrid:
 
         def accumulate(i: int, raw: jax.Array) -> Accumulated:
             fitted = ops.fit(ste_round(raw), prof.accumulator_bits, prof.acc_overflow)
-            return Accumulated(fitted.value, fitted.count, jnp.int32(0))
+            return Accumulated(fitted.value, fitted.count, jnp.zeros_like(fitted.count))
 
         def readout(spikes: jax.Array) -> jax.Array:  # one unit for all classes: the codes, shifted
             tt, bb, h = spikes.shape
