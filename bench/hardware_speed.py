@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "float":
             train.evaluate(deployed, arrays, 256)
         else:
-            integer.evaluate(nets[name], x, y, 256)
+            integer.evaluate(nets[name], arrays.x_test, y, 256)  # device-resident, as train.evaluate's
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {}

@@ -467,7 +467,7 @@ def _forward(structure: tuple, record: bool, encoded: bool, arrays: dict[str, An
     profile, kinds, exact, binary = structure
     ops = IntOps(profile)
     layers = arrays["layers"]
-    if not encoded:
+    if not encoded and not (binary and exact[0]):  # spikes are their own codes for the float32 matmul
         codes = _encode(codes, arrays["input_scale"], profile, binary)
     b, t, f = codes.shape
     d0 = (_matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]) << layers[0]["w_shift"]).reshape(b, t, -1)

@@ -163,7 +163,7 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
     hw: dict[str, Any] = {"hardware": setup.hardware.name}
     if setup.hardware.integer:
         net = integer.IntegerNetwork.from_deployed(deployed, setup.rules, setup.hardware, np.asarray(arrays.x_train))
-        i_eval = integer.evaluate(net, np.asarray(arrays.x_test), np.asarray(arrays.y_test), eval_bs)
+        i_eval = integer.evaluate(net, arrays.x_test, np.asarray(arrays.y_test), eval_bs)  # x stays on the device
         sidecar.write(net, setup.run_dir.path / "integer", dt=1e-3,
                       source={"recipe": setup.recipe, "mode": setup.mode})
         hw.update(integer.hardware_metrics(net, i_eval), float_state_accuracy=q_eval["accuracy"])
