@@ -171,9 +171,16 @@ def run(net: Network, codes: np.ndarray) -> dict[str, Any]:
     return {"out": out, "spikes": spikes, "overflow": overflow, "accumulator_peak": peak}
 
 
-def predict(out: np.ndarray) -> np.ndarray:
-    """The class per sample: ``argmax_c sum_t U[b, t, c]``, ties to the lowest class. ``out``: ``[B, T, C]``."""
-    return np.argmax(np.asarray(out, np.int64).sum(axis=1), axis=-1)
+def predict(net: Network, out: np.ndarray) -> np.ndarray:
+    """The class per sample, ties to the lowest class; ``out``: the readout membrane ``[B, T, C]``.
+
+    ``readout.reduce`` says how the steps count: ``sum`` (``argmax_c sum_t U``),
+    ``max`` (``argmax_c max_t U``) or ``last`` (``argmax_c U[T-1]``).
+    """
+    u = np.asarray(out, np.int64)
+    reduce = net.meta["readout"].get("reduce", "sum")
+    scores = u.max(axis=1) if reduce == "max" else u[:, -1] if reduce == "last" else u.sum(axis=1)
+    return np.argmax(scores, axis=-1)
 
 
 def main(argv: list[str] | None = None) -> int:

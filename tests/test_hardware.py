@@ -209,7 +209,7 @@ def _assert_reference_agrees(export_dir: Path, net: integer.IntegerNetwork, x: n
     for i, layer in enumerate(theirs["overflow"]):
         assert counts[i].tolist() == [layer["accumulator"], layer["current"], layer["membrane"]]
     assert np.asarray(ours["acc_max"]).tolist() == theirs["accumulator_peak"]
-    return float(np.mean(reference.predict(theirs["out"]) == y))
+    return float(np.mean(reference.predict(ref, theirs["out"]) == y))
 
 
 @pytest.mark.slow
@@ -310,3 +310,24 @@ def test_device_encoding_of_analog_inputs_is_the_documented_numpy_one():
     device = jax.device_get(net.run_inputs(jnp.asarray(x)))
     for key in ("out", "counts", "acc_max"):
         np.testing.assert_array_equal(np.asarray(device[key]), np.asarray(host[key]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readout", ["max", "last"])
+def test_every_readout_trains_and_the_integer_decision_follows_it(readout, tmp_path):
+    """``model.readout`` decides the float logits, the integer network's decision and the reference's."""
+    path = tmp_path / "run"
+    m = run(make_cfg("data=digits", "logger=none", "hardware=xylo", f"model.readout={readout}", "trainer.epochs=2",
+                     "mode.quant_epochs=1", "model.hidden=[32]"), path)
+    assert m["quant_accuracy"] > 0.5  # the readout trains
+    cfg, deployed = rundir.load_deployed(path)
+    assert deployed.readout_mode == readout
+    data = build.data(cfg)
+    x, y = np.asarray(data.x_test), np.asarray(data.y_test)
+    export(path, tmp_path / "export")
+    ref = reference.load(tmp_path / "export")
+    assert ref.meta["readout"]["reduce"] == readout
+    out = reference.run(ref, reference.encode(ref, x))["out"]
+    want = out.max(axis=1) if readout == "max" else out[:, -1]
+    np.testing.assert_array_equal(reference.predict(ref, out), np.argmax(want, axis=-1))
+    assert float(np.mean(reference.predict(ref, out) == y)) == pytest.approx(m["quant_accuracy"])

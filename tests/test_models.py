@@ -525,3 +525,17 @@ def test_nmnist_conv_preset_runs_on_files_in_the_real_format(tmp_path):
             write_nmnist_bin(tmp_path / "NMNIST" / folder / str(d) / "00001.bin", events)
     m = run(make_cfg("experiment=nmnist_conv", f"data.root={tmp_path}", *SMALL_RUN), tmp_path / "run")
     assert m["status"] == "ok" and set(m["spike_rate"]) == {"layer_0", "layer_1", "mean"}
+
+
+@pytest.mark.parametrize("readout", ["mean", "max", "last"])
+def test_readout_logits_are_the_mean_max_or_last_step_of_the_membrane(readout):
+    from snnexp.models.time_loop import readout_logits
+
+    trace = np.random.default_rng(0).normal(size=(4, 7, 3)).astype(np.float32)
+    want = {"mean": trace.mean(axis=1), "max": trace.max(axis=1), "last": trace[:, -1]}[readout]
+    np.testing.assert_allclose(np.asarray(readout_logits(jnp.asarray(trace), readout)), want, rtol=1e-6)
+
+
+def test_an_unknown_readout_is_refused_naming_the_choices(cfg_factory):
+    with pytest.raises(ValueError, match="model.readout='median'; valid choices: mean, max, last"):
+        build.model(cfg_factory("model.readout=median"), 64, 10)

@@ -33,6 +33,7 @@ from tests.conftest import CONF_DIR, make_cfg
 GROUPS = {
     "data": "data", "model": "model", "neuron": "neuron", "surrogate": "surrogate", "quant": "quant",
     "mode": "mode", "optim": "optim", "optim/schedule": "optim.schedule", "logger": "logger",
+    "hardware": "hardware",
 }
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
 GLOBAL_OPTIONS = [(g, p.stem) for g in ("debug", "experiment", "sweep", "hparams_search")
@@ -52,6 +53,20 @@ CHOICE = ["nope", "3"]
 
 # Bad command-line values for each key, by its path; "*" stands for a rule's index.
 BAD: dict[str, list[str]] = {
+    # hardware (the joint ranges, e.g. threshold_bits below state_bits, are snnexp.hardware.Profile's)
+    "hardware.name": NAME,
+    "hardware.state_bits": ["1", "abc", "1.5"],
+    "hardware.decay": CHOICE,
+    "hardware.decay_bits": POSITIVE_INT,
+    "hardware.threshold_bits": POSITIVE_INT,
+    "hardware.accumulator_bits": ["1", "abc"],
+    "hardware.overflow": CHOICE,
+    "hardware.current_overflow": CHOICE,
+    "hardware.reset": CHOICE,
+    "hardware.shift": COUNT,
+    "hardware.weight_bits": ["1", "abc"],
+    "hardware.input_bits": ["1", "abc"],
+    "hardware.follows": NOT_STR,
     # the top level and trainer
     "seed": ["-1", "0.5", "abc"],
     "resume": NOT_BOOL,
@@ -91,6 +106,7 @@ BAD: dict[str, list[str]] = {
     "model._partial_": NOT_BOOL,
     "model.hidden": ["[0]", "128", "[]", "[a]", "[1.5]", "[64,-1]"],
     "model.readout_beta": DECAY,
+    "model.readout": CHOICE,
     "model.rec_gain": NONNEG,
     "model.kernel_size": ["0", "[3,0]", "abc", "1.5"],
     "model.pool": ["0", "[2,0]", "abc"],

@@ -261,7 +261,10 @@ def to_nir(model: nnx.Module, dt: float = 1e-3) -> nir.NIRGraph:
     nodes["output"] = nir.Output(output_type={"output": np.array([n_out])})
     chain += ["readout", "li", "output"]
     edges = list(zip(chain[:-1], chain[1:], strict=True))
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": float(dt), **_SEMANTICS})
+    readout = {"mean": "mean over steps", "max": "maximum over steps", "last": "last step"}[
+        getattr(model, "readout_mode", "mean")]
+    return nir.NIRGraph(nodes=nodes, edges=edges,
+                        metadata={"dt": float(dt), **_SEMANTICS, "class_scores": f"the output's {readout}"})
 
 
 def write_nir(graph: nir.NIRGraph, path: str | Path) -> Path:

@@ -134,6 +134,8 @@ class IntegerNetwork:
         input_scale: float value of one input code (1.0 for spikes).
         steps: time steps T the network was built for.
         threshold_clipped: neurons whose threshold did not fit ``threshold_bits``.
+        readout: the class decision over the readout membrane ``U [T, C]``:
+            ``mean`` (``argmax sum_t U``), ``max`` (``argmax max_t U``) or ``last`` (``argmax U[T-1]``).
     """
 
     profile: Profile
@@ -142,6 +144,7 @@ class IntegerNetwork:
     input_scale: float
     steps: int
     threshold_clipped: int = 0
+    readout: str = "mean"
 
     # ------------------------------------------------------------ building
 
@@ -216,7 +219,8 @@ class IntegerNetwork:
             bias=_bias(deployed.readout, unit, profile), unit=unit.astype(np.float32),
             threshold=np.zeros(n_out, np.int32), beta=quantize_decay(li_beta, profile),
         ))
-        net = cls(profile, layers, binary, float(in_scale), int(np.shape(x_train)[1]), clipped)
+        net = cls(profile, layers, binary, float(in_scale), int(np.shape(x_train)[1]), clipped,
+                  getattr(deployed, "readout_mode", "mean"))
         net.check_exact()
         return net
 
@@ -503,13 +507,24 @@ def bits_needed(peak: int) -> int:
     return max(2, math.ceil(math.log2(int(peak) + 1)) + 1)
 
 
+def decision_scores(trace: np.ndarray, readout: str) -> np.ndarray:
+    """Integer class scores ``[B, C]`` from the readout membrane ``[B, T, C]``: sum, max or last step over T."""
+    trace = np.asarray(trace, np.int64)
+    if readout == "max":
+        return trace.max(axis=1)
+    if readout == "last":
+        return trace[:, -1]
+    return trace.sum(axis=1)
+
+
 def evaluate(net: IntegerNetwork, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> dict[str, Any]:
     """``net``'s accuracy, loss, spike rates and overflow record on ``(x [N, T, F], y [N])``.
 
-    The class is ``argmax_c sum_t U[c, t]`` of the readout membrane, an integer
-    comparison (ties go to the lowest class). The loss is the cross-entropy of
-    the float logits ``unit * mean_t U / 2**shift`` (what the float network's
-    loss reads).
+    The class is ``argmax_c`` of ``decision_scores`` (``sum_t U[t, c]`` for the
+    ``mean`` readout, ``max_t`` or the last step), an integer comparison (ties go
+    to the lowest class). The loss is the cross-entropy of the float logits
+    ``unit * score / 2**shift`` (divided by T for ``mean``: what the float
+    network's loss reads).
 
     Returns:
         ``{"accuracy", "loss", "spike_rate": {"layer_i", "mean"}, "overflow": {...},
@@ -528,9 +543,9 @@ def evaluate(net: IntegerNetwork, x: np.ndarray, y: np.ndarray, batch_size: int 
         out = jax.device_get(net.run_inputs(x[start:start + bs], arrays))
         labels = y[start:start + bs]
         trace = np.asarray(out["out"], np.int64)
-        scores = trace.sum(axis=1)
+        scores = decision_scores(trace, net.readout)
         correct += int(np.sum(np.argmax(scores, axis=-1) == labels))
-        logits = scores * unit / trace.shape[1]
+        logits = scores * unit / (trace.shape[1] if net.readout == "mean" else 1)
         logits = logits - logits.max(axis=-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
         loss += float(-logp[np.arange(len(labels)), labels].sum())

@@ -10,7 +10,7 @@ from flax import nnx
 from spyx.nn import LI
 
 from snnexp.models.decays import parameterise_decays
-from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, li_readout, run_time
+from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, check_readout, li_readout, run_time
 from snnexp.quant.conv import conv_as_dot_general
 
 POOLINGS = ("max", "avg")
@@ -70,6 +70,7 @@ class ConvSNN(nnx.Module):
         readout_beta: float | None = 0.9,
         impl: str = "patches",
         *,
+        readout: str = "mean",
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -91,6 +92,7 @@ class ConvSNN(nnx.Module):
             readout_beta: decay of the LI readout, fixed; ``None`` learns one per
                 class (``snnexp.models.decays``: the decays of ``neuron`` too).
             impl: ``"patches"`` or ``"lax"`` (see the class docstring).
+            readout: ``mean``, ``max`` or ``last`` step of the LI membrane (``FeedForwardSNN``).
             rngs: random streams for the parameters.
         """
         channels = list(hidden)
@@ -122,6 +124,7 @@ class ConvSNN(nnx.Module):
         self.neurons = nnx.List(neurons)
         self.readout = nnx.Linear(c * h * w, n_out, rngs=rngs)
         self.li = LI((n_out,), beta=readout_beta, rngs=rngs)
+        self.readout_mode = check_readout(readout)
         parameterise_decays(self)  # a given decay stays fixed, a learned one trains as a logit
 
     @staticmethod

@@ -15,7 +15,7 @@ from flax import nnx
 from spyx.nn import LI
 
 from snnexp.models.decays import parameterise_decays
-from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, li_readout, run_time
+from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, check_readout, li_readout, run_time
 
 
 class FeedForwardSNN(nnx.Module):
@@ -35,6 +35,7 @@ class FeedForwardSNN(nnx.Module):
         neuron: NeuronFactory,
         readout_beta: float | None = 0.9,
         *,
+        readout: str = "mean",
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -47,10 +48,13 @@ class FeedForwardSNN(nnx.Module):
                 ``neuron(hidden_shape=(h,), rngs=rngs)``.
             readout_beta: decay of the LI readout, fixed; ``None`` learns one per
                 class (``snnexp.models.decays``: the decays of ``neuron`` too).
+            readout: how the LI membrane over time becomes the class scores:
+                ``mean``, ``max`` or ``last`` step (``time_loop.readout_logits``).
             rngs: random streams for the parameters.
         """
         if not hidden:
             raise ValueError("model.hidden must name at least one hidden layer, got []")
+        self.readout_mode = check_readout(readout)
         sizes = [n_in, *hidden]
         self.fc = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]

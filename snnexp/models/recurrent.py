@@ -64,6 +64,7 @@ class RecurrentSNN(FeedForwardSNN):
         readout_beta: float | None = 0.9,
         rec_gain: float = 1.0,
         *,
+        readout: str = "mean",
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -78,12 +79,13 @@ class RecurrentSNN(FeedForwardSNN):
                 class (``snnexp.models.decays``: the decays of ``neuron`` too).
             rec_gain: the recurrent kernels start as an orthogonal matrix times
                 ``rec_gain / sqrt(H)``; 0 starts without feedback.
+            readout: ``mean``, ``max`` or ``last`` step of the LI membrane (``FeedForwardSNN``).
             rngs: random streams for the parameters.
         """
         if rec_gain < 0:
             raise ValueError(f"model.rec_gain must be >= 0, got {rec_gain}")
         self.rec_gain = rec_gain
-        super().__init__(n_in, hidden, n_out, neuron, readout_beta, rngs=rngs)
+        super().__init__(n_in, hidden, n_out, neuron, readout_beta, readout=readout, rngs=rngs)
 
     def _init_layers(self, hidden: Sequence[int], *, rngs: nnx.Rngs) -> None:
         """The recurrent matrices ``rec/i`` ``[H_i, H_i]``, drawn right after ``fc``."""

@@ -16,6 +16,26 @@ from flax import nnx
 from spyx.nn import LI
 
 TimeLoop = Literal["scan", "unrolled", "carry"]
+READOUTS = ("mean", "max", "last")  # how the LI membrane over time becomes the class scores
+
+
+def check_readout(readout: str) -> str:
+    """Returns ``readout``; ``ValueError`` naming the choices for any other."""
+    if readout not in READOUTS:
+        raise ValueError(f"model.readout={readout!r}; valid choices: {', '.join(READOUTS)}")
+    return readout
+
+
+def readout_logits(trace: jax.Array, readout: str) -> jax.Array:
+    """Class scores ``[B, C]`` from the LI membrane ``[B, T, C]``: its ``mean``, ``max`` or ``last`` step.
+
+    All three are exact under quantization: no arithmetic beyond the membrane's.
+    """
+    if readout == "max":
+        return trace.max(axis=1)
+    if readout == "last":
+        return trace[:, -1]
+    return trace.mean(axis=1)
 NeuronFactory = Callable[..., nnx.Module]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from snnexp import quant
 from snnexp.data import encoding, mnist1d, nmnist, shd, yinyang
 from snnexp.models import conv
+from snnexp.models.time_loop import READOUTS
 from snnexp.schema.checks import (
     DECAY,
     NAME,
@@ -110,6 +111,7 @@ class FeedForwardModel(Target):
 
     hidden: list[int] = spec(WIDTHS)
     readout_beta: float | None = spec(DECAY)
+    readout: str = spec(one_of(READOUTS))
 
 
 @dataclass

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from snnexp.models.time_loop import readout_logits
+
 
 def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
     """Cross-entropy on the time-averaged LI readout.
@@ -24,7 +26,7 @@ def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
         ``(mean loss, (logits [B, C], rates [B, T, L]))``.
     """
     readout, rates = model(x)
-    logits = readout.mean(axis=1)
+    logits = readout_logits(readout, getattr(model, "readout_mode", "mean"))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, (logits, rates)
 
@@ -79,7 +81,7 @@ def eval_step(model: nnx.Module, xs: jax.Array, ys: jax.Array, idx: jax.Array, m
     """
     x, y = xs[idx], ys[idx]
     readout, rates = model(x)
-    logits = readout.mean(axis=1)
+    logits = readout_logits(readout, getattr(model, "readout_mode", "mean"))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     correct = ((jnp.argmax(logits, -1) == y) * mask).sum()
     rate_sum = (rates.mean(axis=1) * mask[:, None]).sum(axis=0)
