@@ -149,7 +149,7 @@ class IntegerNetwork:
     # ------------------------------------------------------------ building
 
     @classmethod
-    def from_deployed(cls, deployed: Any, rules: Sequence[Any], profile: Profile, x_train: np.ndarray
+    def from_deployed(cls, deployed: Any, rules: Sequence[Any], profile: Profile, x_train: np.ndarray | jax.Array
                       ) -> IntegerNetwork:
         """Maps a deployed snnexp network onto ``profile``'s integers.
 
@@ -299,17 +299,18 @@ def _zeros_if_none(a: np.ndarray | None, n: int) -> np.ndarray:
     return np.zeros(n, np.int32) if a is None else a
 
 
-def input_coding(x_train: np.ndarray, profile: Profile) -> tuple[bool, float]:
+def input_coding(x_train: np.ndarray | jax.Array, profile: Profile) -> tuple[bool, float]:
     """``(binary, scale)``: spikes are their own codes (scale 1); analog data get ``absmax / (2**(input_bits-1) - 1)``.
 
     Args:
-        x_train: the training inputs ``[N, T, F]`` (the static range of the input codes).
+        x_train: the training inputs ``[N, T, F]`` (the static range of the input codes); a
+            device-resident array is reduced where it lies, not copied to the host.
         profile: gives ``input_bits``.
     """
-    x = np.asarray(x_train)
-    if np.all((x == 0) | (x == 1)):
+    x = jnp.asarray(x_train)
+    if bool(jnp.all((x == 0) | (x == 1))):
         return True, 1.0
-    absmax = float(np.max(np.abs(x)))
+    absmax = float(jnp.max(jnp.abs(x)))
     return False, absmax / (2 ** (profile.input_bits - 1) - 1) if absmax > 0 else 1.0
 
 

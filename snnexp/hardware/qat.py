@@ -13,7 +13,6 @@ current kernels, as ``IntegerNetwork.from_deployed`` will compute them.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -22,7 +21,15 @@ import numpy as np
 from flax import nnx
 
 from snnexp.hardware.arith import SteOps, ste_round
-from snnexp.hardware.integer import SHIFT_TOLERANCE, Accumulated, IntegerNetwork, code_range, neuron_kind, simulate
+from snnexp.hardware.integer import (
+    SHIFT_TOLERANCE,
+    Accumulated,
+    IntegerNetwork,
+    code_bits,
+    code_range,
+    neuron_kind,
+    simulate,
+)
 from snnexp.hardware.profiles import Profile
 from snnexp.quant import ternarize, unquantized_matmul
 
@@ -34,8 +41,7 @@ def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
     """
     if qtype == "ternary":
         return jnp.broadcast_to(jnp.mean(jnp.abs(w)) + 1e-6, (w.shape[1],))
-    bits = int(re.fullmatch(r"int(\d+)", qtype).group(1))
-    return jnp.max(jnp.abs(w), axis=0) / (2 ** (bits - 1) - 0.5)
+    return jnp.max(jnp.abs(w), axis=0) / (2 ** (code_bits(qtype) - 1) - 0.5)
 
 
 def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
@@ -48,8 +54,8 @@ def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
     if qtype == "ternary":
         codes, _ = ternarize(w)
     else:
-        qmax = 2 ** (int(re.fullmatch(r"int(\d+)", qtype).group(1)) - 1) - 1
-        codes = jnp.clip(jnp.round(w / scale), -qmax - 1, qmax)
+        lo, hi = code_range(qtype)
+        codes = jnp.clip(jnp.round(w / scale), lo, hi)
     smooth = w / scale
     return smooth + jax.lax.stop_gradient(codes - smooth), jax.lax.stop_gradient(scale)
 

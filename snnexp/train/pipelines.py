@@ -162,7 +162,7 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
     checkpoint.save(setup.run_dir.checkpoints / "quant", deployed)
     hw: dict[str, Any] = {"hardware": setup.hardware.name}
     if setup.hardware.integer:
-        net = integer.IntegerNetwork.from_deployed(deployed, setup.rules, setup.hardware, np.asarray(arrays.x_train))
+        net = integer.IntegerNetwork.from_deployed(deployed, setup.rules, setup.hardware, arrays.x_train)
         i_eval = integer.evaluate(net, arrays.x_test, np.asarray(arrays.y_test), eval_bs)  # x stays on the device
         sidecar.write(net, setup.run_dir.path / "integer", dt=1e-3,
                       source={"recipe": setup.recipe, "mode": setup.mode})
@@ -221,7 +221,7 @@ def training_model(mode: Literal["fp32", "qat", "qt"], model: nnx.Module, rules:
     if hardware is None or not hardware.integer:
         return qmodel
     paths = [f"fc/{i}" for i in range(len(model.neurons))] + ["readout"]
-    binary, scale = integer.input_coding(np.asarray(x_train), hardware)
+    binary, scale = integer.input_coding(x_train, hardware)
     qmodel.integer_grid = IntegerGrid(hardware, tuple(metrics.qtype_of(p, rules) for p in paths), binary, scale)
     return qmodel
 
