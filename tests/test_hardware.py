@@ -331,3 +331,12 @@ def test_every_readout_trains_and_the_integer_decision_follows_it(readout, tmp_p
     want = out.max(axis=1) if readout == "max" else out[:, -1]
     np.testing.assert_array_equal(reference.predict(ref, out), np.argmax(want, axis=-1))
     assert float(np.mean(reference.predict(ref, out) == y)) == pytest.approx(m["quant_accuracy"])
+
+
+@pytest.mark.parametrize(("name", "says"), [("bogus", "--hardware 'bogus'; valid choices: int, loihi, xylo"),
+                                            ("/no/such.yaml", "no such file")])
+def test_export_names_the_valid_profiles_for_a_bad_hardware(name, says, tmp_path):
+    """Checked before anything is read or written: the run directory need not even exist."""
+    with pytest.raises(ExportError, match=re.escape(says)):
+        export(tmp_path / "run", tmp_path / "x", hardware=name)
+    assert not (tmp_path / "x").exists()

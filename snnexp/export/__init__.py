@@ -10,6 +10,7 @@ The schema of both is docs/export.md; ``export`` is the one entry point.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -54,6 +55,7 @@ def export(run_dir: Path, out: Path | None = None, *, hardware: str | None = Non
     from snnexp.hardware import integer
 
     run_dir = Path(run_dir)
+    profile_file = _profile_file(hardware) if hardware is not None else None  # a bad name fails first
     status = rundir.read_json(run_dir / "status.json", {})
     if status.get("status") != "ok":
         state = status.get("status", "no status.json")
@@ -73,10 +75,8 @@ def export(run_dir: Path, out: Path | None = None, *, hardware: str | None = Non
             for name in ("integer.npz", "integer.json"):
                 shutil.copy2(own / name, tmp / name)
             _set_dt(tmp / "integer.json", dt)
-        elif hardware is not None:
-            node = OmegaConf.load(hardware) if hardware.endswith(".yaml") else OmegaConf.load(
-                Path(build.__file__).resolve().parents[1] / "conf" / "hardware" / f"{hardware}.yaml")
-            profile = build.hardware(OmegaConf.create({"hardware": node}))
+        elif profile_file is not None:
+            profile = build.hardware(OmegaConf.create({"hardware": OmegaConf.load(profile_file)}))
             data = build.data(cfg)
             net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), profile, np.asarray(data.x_train))
             sidecar.write(net, tmp, dt=dt, source={"run": str(run_dir), "recipe": cfg.quant.name,
@@ -93,9 +93,21 @@ def export(run_dir: Path, out: Path | None = None, *, hardware: str | None = Non
     return sorted(out.iterdir())
 
 
-def _set_dt(path: Path, dt: float) -> None:
-    import json
+def _profile_file(hardware: str) -> Path:
+    """The YAML of ``--hardware``: a file, or a profile of ``conf/hardware`` by name."""
+    if hardware.endswith(".yaml"):
+        path = Path(hardware)
+        if not path.is_file():
+            raise ExportError(f"--hardware {hardware}: no such file")
+        return path
+    conf = Path(__file__).resolve().parents[2] / "conf" / "hardware"
+    names = sorted(p.stem for p in conf.glob("*.yaml") if p.stem != "float")
+    if hardware not in names:
+        raise ExportError(f"--hardware {hardware!r}; valid choices: {', '.join(names)} or a profile .yaml file")
+    return conf / f"{hardware}.yaml"
 
+
+def _set_dt(path: Path, dt: float) -> None:
     meta = json.loads(path.read_text())
     meta["dt"] = dt
     path.write_text(json.dumps(meta, indent=2) + "\n")
