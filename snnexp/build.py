@@ -190,10 +190,12 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
     # analog if any input is: quant.quantize decides from it whether the input layer is fed spikes
     sample = jnp.asarray(quant.representative_sample(data.x_train))
-    dry = quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
     profile = hardware(cfg)
     if profile.integer:  # the neuron, model and recipe must have an integer form, before any compute
+        dry = quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
         IntegerNetwork.from_deployed(dry, rules, profile, np.asarray(sample))
+    else:  # the same check, traced only: no eager op compiles (seconds of a cold start)
+        nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", sample), net)
     return net, sample
 
 

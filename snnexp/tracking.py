@@ -5,6 +5,10 @@ the same numbers when it is on. W&B runs offline unless the environment
 provides an API key or sets ``WANDB_MODE``, so a run never waits for a
 network; ``wandb sync`` uploads an offline run later. If W&B fails (at init
 or while logging) the run goes on with its local record and says so.
+
+``wandb.init`` (and the import of ``wandb``) takes seconds; it runs in a
+background thread while the run builds and compiles, and the first call that
+needs the W&B run waits for it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import netrc
 import os
 import secrets
 import string
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,12 +110,32 @@ class Tracker:
         """
         self.out_dir = Path(out_dir)
         self.history_path = self.out_dir / "history.jsonl"
-        self.run = None
+        self._run = None
+        self._starting: threading.Thread | None = None
+        self._pending: list[tuple[dict, int]] = []  # rows logged while W&B starts
         self._trim_history(resume_step)
         if backend not in ("wandb", "none"):
             raise ValueError(f"logger.backend={backend!r}; valid choices: ['wandb', 'none']")
         if backend == "wandb":
-            self.run = self._init_wandb(config, project, entity, group, name, list(tags), mode)
+            def start() -> None:
+                self._run = self._init_wandb(config, project, entity, group, name, list(tags), mode)
+
+            self._starting = threading.Thread(target=start, name="wandb-init", daemon=True)
+            self._starting.start()
+
+    @property
+    def run(self) -> Any:
+        """The W&B run (None without W&B, or after it failed to start); waits for its start the first time.
+
+        Rows logged while it was starting are sent to it first, in order.
+        """
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            pending, self._pending = self._pending, []
+            for metrics, step in pending if self._run is not None else ():
+                self._wandb_log(metrics, step)
+        return self._run
 
     def _trim_history(self, keep_until: int) -> None:
         if not self.history_path.exists():
@@ -150,15 +175,20 @@ class Tracker:
             return None
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Records one row of history (per epoch)."""
+        """Records one row of history (per epoch); W&B gets it now, or once it has started."""
         row = _clean({"step": step, **metrics})
         with self.history_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.run is not None:
-            try:
-                self.run.log(dict(metrics), step=step)
-            except Exception as e:  # noqa: BLE001
-                log.warning("W&B log failed (%s); the local record has it", e)
+        if self._starting is not None and self._starting.is_alive():
+            self._pending.append((dict(metrics), step))  # training does not wait for W&B's start
+        elif self.run is not None:
+            self._wandb_log(dict(metrics), step)
+
+    def _wandb_log(self, metrics: dict, step: int) -> None:
+        try:
+            self._run.log(metrics, step=step)
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B log failed (%s); the local record has it", e)
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Sets the final summary of the W&B run (the local one is metrics.json)."""
@@ -200,7 +230,7 @@ class Tracker:
                 self.run.finish(exit_code=exit_code)
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B finish failed (%s)", e)
-            self.run = None
+            self._run = None
             if offline:
                 log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
 

@@ -127,6 +127,33 @@ def test_loggers_build(logger, tmp_path):
     assert (tmp_path / "history.jsonl").read_text().count("\n") == 1
 
 
+def test_wandb_gets_the_rows_logged_while_it_was_starting(tmp_path):
+    """W&B starts in a background thread; rows logged meanwhile reach it, in order, and none is lost."""
+    from tests.wandb_log import read_run
+
+    t = tracking.Tracker(tmp_path, {"a": 1}, backend="wandb", mode="offline")
+    for step in range(1, 6):  # at once: W&B's start takes seconds
+        t.log({"x": float(step)}, step=step)
+    still_starting = t._starting is not None and t._starting.is_alive()
+    t.summary({"final": 7.0})
+    t.finish()
+    assert still_starting, "the rows were logged after W&B had started: this test checks nothing"
+    run = read_run(tmp_path)
+    assert [h["x"] for h in run["history"]] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert run["summary"]["final"] == 7.0
+    assert (tmp_path / "history.jsonl").read_text().count("\n") == 5
+
+
+def test_the_compile_cache_lives_in_the_user_cache_dir_not_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv("SNNEXP_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert make_cfg().compile_cache == str(tmp_path / "xdg" / "snnexp" / "jax")
+    monkeypatch.setenv("SNNEXP_COMPILE_CACHE", str(tmp_path / "elsewhere"))
+    assert make_cfg().compile_cache == str(tmp_path / "elsewhere")
+    assert make_cfg("compile_cache=null").compile_cache is None
+
+
 def test_every_group_has_tests():
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     assert groups >= {"data", "model", "neuron", "surrogate", "quant", "mode", "optim", "logger", "debug"}

@@ -354,3 +354,22 @@ def test_nmnist_config_builds(nmnist_root, no_network):
     ds = build.data(cfg)
     assert ds.name == cfg.data.name and ds.x_train.shape == (6, 5, 578)
     assert set(np.unique(ds.x_train)) <= {0.0, 1.0}
+
+
+def test_digits_reads_scikit_learns_file_without_importing_it():
+    """The digits loader reads the very arrays ``load_digits`` returns, without the second-long sklearn import."""
+    import subprocess
+
+    code = ("import sys; from snnexp.data import digits; x, y = digits.digits_arrays(); "
+            "assert 'sklearn' not in sys.modules, 'sklearn was imported'; print(x.shape, y.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(1797, 64) (1797,)"
+
+    from sklearn.datasets import load_digits
+
+    from snnexp.data import digits
+
+    x, y = digits.digits_arrays()
+    want_x, want_y = load_digits(return_X_y=True)
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)
