@@ -1,9 +1,9 @@
 """What depends on how a job was launched, set before it runs.
 
 JAX's persistent compilation cache (a second job with the same shapes
-compiles nothing), no GPU memory preallocation when jobs of a sweep may share
-a device, and the W&B group and name of a sweep's jobs. The bench calls the
-same functions.
+compiles nothing), one accelerator per job of a local parallel sweep, no GPU
+memory preallocation when jobs of a sweep may share a device, and the W&B
+group and name of a sweep's jobs. The bench calls the same functions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import jax
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
 
 
 def job_name(sweep_dir: str, sweep: str | None = None) -> str:
@@ -45,6 +47,36 @@ def enable_compile_cache(directory: str | Path) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return cache
+
+
+def assign_device(job_num: int, devices: list[jax.Device]) -> jax.Device:
+    """Makes ``devices[job_num % len(devices)]`` this process's default device (round robin) and returns it.
+
+    Every array and computation of the job lands there: the jobs of a local
+    parallel sweep (joblib, submitit local), numbered consecutively, spread
+    over the node's accelerators.
+    """
+    device = devices[job_num % len(devices)]
+    jax.config.update("jax_default_device", device)
+    return device
+
+
+def accelerator_for_job(job_num: int) -> jax.Device | None:
+    """The round-robin accelerator of a sweep job, set as its default; None where there is nothing to choose.
+
+    Nothing is chosen on CPU, with a single visible accelerator, or in a
+    Slurm job (``SLURM_JOB_ID``): there the job uses the devices Slurm gave it
+    (``CUDA_VISIBLE_DEVICES``).
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        return None
+    devices = jax.devices()
+    if devices[0].platform == "cpu" or len(devices) < 2:
+        return None
+    device = assign_device(job_num, devices)
+    log.info("job %d runs on %s (round robin over %d %s devices)", job_num, device, len(devices),
+             device.platform)
+    return device
 
 
 class _JobPrefix(logging.Filter):
@@ -78,6 +110,7 @@ def configure(cfg: DictConfig) -> None:
         if hc.mode == RunMode.MULTIRUN:
             # Several jobs may share one accelerator: none may grab all its memory.
             os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            accelerator_for_job(hc.job.num)
             if cfg.logger.get("group") is None and "group" in cfg.logger:
                 cfg.logger.group = Path(hc.sweep.dir).as_posix().removeprefix("outputs/")
             if cfg.logger.get("name") is None and "name" in cfg.logger:

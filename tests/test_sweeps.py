@@ -39,6 +39,33 @@ def test_multirun_through_each_launcher_writes_every_job(launcher, tmp_path):
     assert statuses(tmp_path) == {"0": {"status": "ok"}, "1": {"status": "ok"}}
     recipes = sorted(json.loads((tmp_path / j / "metrics.json").read_text())["recipe"] for j in "01")
     assert recipes == ["ternary", "w8a8"]
+    # on CPU there is no accelerator to choose: every job says where it ran
+    assert {json.loads((tmp_path / j / "metrics.json").read_text())["device"] for j in "01"} == {"cpu:0"}
+
+
+def test_sweep_jobs_take_the_devices_round_robin():
+    """Job k of a local sweep computes on device k mod n (three host devices stand in for three GPUs)."""
+    code = """
+import os, jax, jax.numpy as jnp
+from flax import nnx
+from snnexp import launch
+devices = jax.devices()
+assert len(devices) == 3, devices
+for job in range(5):
+    chosen = launch.assign_device(job, devices)
+    layer = nnx.Linear(4, 2, rngs=nnx.Rngs(job))  # parameters and results of the job land on its device
+    y = layer(jnp.ones((1, 4)))
+    assert chosen is devices[job % 3] and y.devices() == layer.kernel.value.devices() == {chosen}, (job, y.devices())
+# nothing to choose on CPU, nor in a Slurm job (it uses what Slurm gave it)
+assert launch.accelerator_for_job(1) is None
+os.environ["SLURM_JOB_ID"] = "7"
+assert launch.accelerator_for_job(1) is None
+print("ok")
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 @pytest.mark.slow

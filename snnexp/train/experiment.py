@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
 from snnexp import build, checkpoint, schema
@@ -96,7 +97,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             tracker.fail(f"{type(e).__name__}: {e}", preempted=preempted)
         raise
     compiles1, compile_s1, hits1 = CompileStats.snapshot()
-    result = {"status": "ok", **result, "run_time_s": time.perf_counter() - t_start,
+    device = next(iter(jnp.zeros(()).devices()))  # where the job ran (a sweep job's round-robin accelerator)
+    result = {"status": "ok", **result, "device": f"{device.platform}:{device.id}",
+              "run_time_s": time.perf_counter() - t_start,
               "compile_time_s": compile_s1 - compile_s0, "compile_cache_hits": hits1 - hits0,
               # a persistent-cache hit is reported as a (short) compilation too
               "compilations": (compiles1 - compiles0) - (hits1 - hits0)}
