@@ -165,6 +165,38 @@ def spyx_loss(model, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+def spyx_loss_time_major(model, x, y):
+    """The same loss on Spyx's default, time-major layout: ``x [T, B, F]`` -> traces ``[T, B, C]``.
+
+    ``spyx.nn.run(model, x)`` scans over the leading axis as it comes: no
+    transpose of the batch in or out of the scan (the batches are staged
+    time-major once, before training).
+    """
+    import optax
+    import spyx
+
+    traces, _ = spyx.nn.run(model, x)
+    logits = traces.mean(axis=0)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def snnexp_cli_args(hidden: int, samples: int, epochs: int, model: str = "feedforward") -> list[str]:
+    """``python -m snnexp`` overrides that train this workload as a user's run does (fp32, then PTQ).
+
+    ``data=synthetic`` at the workload's shapes (its spikes have class-specific
+    rates instead of 0.05: the dense matmuls do the same work), a test split of
+    a quarter of the training samples (SHD's proportion) evaluated after every
+    epoch, a checkpoint every epoch (the default), W&B off.
+    """
+    return [
+        "data=synthetic", f"data.n_train={samples}", f"data.n_test={samples // 4}", f"data.steps={STEPS}",
+        f"data.features={FEATURES}", f"data.n_classes={CLASSES}",
+        f"model={model}", f"model.hidden=[{hidden}]", "neuron=lif", "surrogate=superspike", "optim=adam",
+        f"trainer.batch_size={BATCH}", f"trainer.epochs={epochs}", "quant=fp32", "mode=ptq",
+        "logger=none", "compile_cache=null",
+    ]
+
+
 def adam(total_steps: int):
     """Adam with the cosine decay of ``conf/optim/adam.yaml`` (what ``build.optimizer`` returns)."""
     import optax
