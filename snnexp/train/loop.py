@@ -205,6 +205,18 @@ def _nan_error(phase: str, what: str, where: str, trainer: Trainer) -> Numerical
     )
 
 
+def _commit_like_the_outputs(model: nnx.Module, opt: nnx.Optimizer) -> None:
+    """Commits the optimizer's fresh arrays to their device when the model's are (restored ones are).
+
+    The step's outputs are committed arrays. Inputs that mix committed
+    (restored from a checkpoint) and uncommitted (a fresh optimizer count)
+    arrays compile the step once for the first call and again for the next;
+    all uncommitted (a fresh network) or all committed compile it once.
+    """
+    if any(getattr(a, "committed", False) for a in jax.tree.leaves(nnx.state(model))):
+        nnx.update(opt, jax.tree.map(lambda a: jax.device_put(a, a.sharding), nnx.state(opt)))
+
+
 def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *, phase: str, epochs: int,
         epoch0: int = 0, distill: Distillation | None = None) -> FitResult:
     """Trains ``model`` in place for ``epochs``; resumes a saved phase.
@@ -240,6 +252,7 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
         log.info("[%s] resumed at epoch %d step %d", phase, progress.epoch + 1, progress.step)
     if progress.done or epochs <= 0:
         return FitResult(progress.steps, progress.seconds)
+    _commit_like_the_outputs(model, opt)
 
     def save() -> None:
         trainer.state.save(trainer.state.next_step(), model, opt, progress.to_json())
