@@ -29,6 +29,7 @@ from snnexp.errors import ConfigError
 from snnexp.hardware import Profile, from_config
 from snnexp.hardware.integer import IntegerNetwork
 from snnexp.train.loop import LoopSettings
+from snnexp.train.pipelines import parse_stages
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ def pipeline(cfg: DictConfig) -> Callable[..., dict[str, Any]]:
         if key.endswith(("epochs", "batches")) and (not isinstance(value, int) or isinstance(value, bool)
                                                      or value < 0):
             raise ConfigError(f"mode.{key}={value!r} must be an integer >= 0")
+    if "stages" in kw:  # QAT's progressive stages: every recipe named exists
+        parse_stages(kw["stages"])
+    schedule = kw.get("schedule")
+    if isinstance(schedule, str):
+        confdir.load_option("optim/schedule", schedule)  # names the valid choices
     return functools.partial(func, **kw)
 
 
