@@ -26,7 +26,7 @@ from snnexp import build, checkpoint, quant, schema, tracking
 from snnexp.errors import ConfigError
 from snnexp.rundir import RunDir
 from snnexp.train import Arrays, Trainer, run
-from snnexp.train.pipelines import Finetune, Setup, copy_float_weights, parse_stages, stage_phase
+from snnexp.train.pipelines import Finetune, Setup, check_recipe, copy_float_weights, parse_stages, stage_phase
 from snnexp.train.signals import StopFlag
 from snnexp.train.steps import (
     distill_loss_and_logits,
@@ -256,6 +256,9 @@ def test_a_ternary_stage_trains_the_float_weights_under_ternary_weights_and_hand
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="are not the float network's"):
         copy_float_weights(trained, tiny())
+    # a stage's recipe is checked against the network before any training, as the run's own is
+    with pytest.raises(quant.RecipeError, match=r"\['fc/9'\] matched no layer"):
+        check_recipe(setup, quant.parse_recipe([{"module_path": "fc/9", "weight_qtype": "int4"}]))
 
 
 COMPILED: collections.Counter = collections.Counter()  # XLA compilations in this process, by function
@@ -272,9 +275,9 @@ jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 @pytest.mark.slow
 def test_digits_with_all_three_options_runs_resumes_without_retraining_stages_and_compiles_once_per_phase(
         tmp_path, caplog):
-    overrides = ["data=digits", "data.steps=8", "model.hidden=[32]", "logger=none", "quant=ternary",
-                 "trainer.epochs=1", "mode.quant_epochs=1", "mode.schedule=warmup_cosine", "mode.warmup_steps=5",
-                 "mode.distill_weight=0.5", "mode.distill_temperature=2.0",
+    overrides = ["data=digits", "data.steps=8", "model.hidden=[32]", "logger=none",
+                 "quant=ternary", "trainer.epochs=1", "mode.quant_epochs=1", "mode.schedule=warmup_cosine",
+                 "mode.warmup_steps=5", "mode.distill_weight=0.5", "mode.distill_temperature=2.0",
                  "mode.stages=[{quant:w8a8,epochs:1},{quant:w4a8,epochs:1}]"]
     COMPILED.clear()
     m = run(make_cfg(*overrides), tmp_path)

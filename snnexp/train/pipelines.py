@@ -400,9 +400,11 @@ def check_recipe(setup: Setup, rules: list[quant.Rule]) -> None:
     quantization (a rule that matches no layer, a tile that does not divide
     a layer) and, for an integer ``hardware`` profile, its integer form.
     """
-    dry = quant.quantize(setup.model, rules, "ptq", setup.sample)
     if setup.hardware.integer:
+        dry = quant.quantize(setup.model, rules, "ptq", setup.sample)
         integer.IntegerNetwork.from_deployed(dry, rules, setup.hardware, np.asarray(setup.sample))
+    else:  # traced only: no eager op compiles
+        nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", setup.sample), setup.model)
 
 
 def calibrated_model(model: nnx.Module, rules: list[quant.Rule], sample: jax.Array, arrays: Arrays, batches: int,
