@@ -21,12 +21,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from snnexp import launch, schema, slurm
+from snnexp.confdir import conf_dir
 from snnexp.errors import USER_ERRORS, ConfigError
 from snnexp.rundir import RunDir
 from snnexp.train import Preempted, run
 
-_CONF = Path(__file__).resolve().parent / "conf"
-CONFIG_PATH = str(_CONF if _CONF.is_dir() else _CONF.parent.parent / "conf")
+CONFIG_PATH = str(conf_dir())
 
 log = logging.getLogger("snnexp")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from snnexp import quant, tracking
+from snnexp import confdir, quant, tracking
 from snnexp.data import Dataset
 from snnexp.errors import ConfigError
 from snnexp.hardware import Profile, from_config
 from snnexp.hardware.integer import IntegerNetwork
 from snnexp.train.loop import LoopSettings
+from snnexp.train.pipelines import parse_stages
 
 log = logging.getLogger(__name__)
 
@@ -73,36 +74,67 @@ def model(cfg: DictConfig, n_in: int, n_out: int) -> nnx.Module:
     return net
 
 
-def optimizer(cfg: DictConfig, total_steps: int, lr_scale: float = 1.0) -> optax.GradientTransformation:
+def optimizer(cfg: DictConfig, total_steps: int, lr_scale: float = 1.0, *,
+              schedule: str | Mapping[str, Any] | None = None,
+              warmup_steps: int | None = None) -> optax.GradientTransformation:
     """Builds the optax optimizer of ``cfg.optim`` with its learning-rate schedule.
 
     ``cfg.optim.schedule`` is an optax schedule (a ``_partial_`` target,
     ``conf/optim/schedule``) of the learning rate relative to ``lr``; its
     ``decay_steps`` is the phase's step count, and a warm-up longer than the
-    phase is cut to fit.
+    phase is cut to fit. A phase may have its own (QAT's fine-tuning:
+    ``mode.schedule``, ``mode.warmup_steps``).
 
     Args:
         cfg: the run config.
         total_steps: optimizer steps the schedule spans.
         lr_scale: multiplies the learning rate (quantized fine-tuning).
+        schedule: the phase's schedule: None for ``cfg.optim.schedule``, the name
+            of a ``conf/optim/schedule`` option, or such a node (with ``_target_``).
+        warmup_steps: None: the schedule's own warm-up (``warmup_cosine``'s,
+            cut to ``[1, steps - 1]``; none for the others). An integer: a
+            linear warm-up from 0 over that many steps (0: none), cut to
+            ``steps - 1``: ``warmup_cosine``'s own ``warmup_steps``, or for
+            any other schedule a ramp to the schedule's first value joined
+            before it, the schedule spanning the steps after the ramp.
     """
     o = cfg.optim
     lr = float(o.lr) * lr_scale
     steps = max(int(total_steps), 1)
-    make = _instantiate(o.schedule)
-    params = inspect.signature(make.func).parameters
-    kwargs: dict[str, Any] = {"decay_steps": steps} if "decay_steps" in params else {}
-    if "warmup_steps" in make.keywords:
-        kwargs["warmup_steps"] = max(min(int(make.keywords["warmup_steps"]), steps - 1), 1)
-    relative = make(**kwargs)
+    if schedule is None:
+        node: Any = o.schedule
+    elif isinstance(schedule, str):
+        node = OmegaConf.create(confdir.load_option("optim/schedule", schedule))
+    else:
+        node = OmegaConf.create(dict(schedule))
+    relative = relative_schedule(node, steps, warmup_steps)
 
-    def schedule(step: jax.Array) -> jax.Array:
+    def lr_schedule(step: jax.Array) -> jax.Array:
         return lr * relative(step)
 
-    tx = _instantiate(o.optimizer)(learning_rate=schedule)
+    tx = _instantiate(o.optimizer)(learning_rate=lr_schedule)
     if o.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), tx)
     return tx
+
+
+def relative_schedule(node: DictConfig, steps: int, warmup_steps: int | None = None) -> optax.Schedule:
+    """The schedule node ``node`` (relative to ``lr``) over ``steps`` steps; see ``optimizer``'s ``warmup_steps``."""
+    make = _instantiate(node)
+    params = inspect.signature(make.func).parameters
+    decays = "decay_steps" in params
+    if warmup_steps is None or "warmup_steps" in params:
+        kwargs: dict[str, Any] = {"decay_steps": steps} if decays else {}
+        if warmup_steps is not None:
+            kwargs["warmup_steps"] = max(min(int(warmup_steps), steps - 1), 0)
+        elif "warmup_steps" in make.keywords:
+            kwargs["warmup_steps"] = max(min(int(make.keywords["warmup_steps"]), steps - 1), 1)
+        return make(**kwargs)
+    ramp = max(min(int(warmup_steps), steps - 1), 0)
+    main = make(decay_steps=steps - ramp) if decays else make()
+    if ramp == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, float(main(0)), ramp), main], [ramp])
 
 
 def rules(cfg: DictConfig) -> list[quant.Rule]:
@@ -166,6 +198,11 @@ def pipeline(cfg: DictConfig) -> Callable[..., dict[str, Any]]:
         if key.endswith(("epochs", "batches")) and (not isinstance(value, int) or isinstance(value, bool)
                                                      or value < 0):
             raise ConfigError(f"mode.{key}={value!r} must be an integer >= 0")
+    if "stages" in kw:  # QAT's progressive stages: every recipe named exists
+        parse_stages(kw["stages"])
+    schedule = kw.get("schedule")
+    if isinstance(schedule, str):
+        confdir.load_option("optim/schedule", schedule)  # names the valid choices
     return functools.partial(func, **kw)
 
 

@@ -147,6 +147,12 @@ BAD: dict[str, list[str]] = {
     "mode.fp32_checkpoint": ["/no/such/ckpt", "[1]"],
     "mode.lr_scale": POSITIVE,
     "mode.bwd_qtype": ["int1", "5"],
+    "mode.schedule": ["cosin", "3"],
+    "mode.warmup_steps": COUNT,
+    "mode.distill_weight": DECAY,
+    "mode.distill_temperature": POSITIVE,
+    "mode.stages": ["abc", "[1]", "[{quant:w9a8,epochs:1}]", "[{quant:w8a8}]", "[{quant:w8a8,epochs:-1}]",
+                    "[{quant:w8a8,epochs:1,lr:2}]", "[{quant:w8a8,epochs:1},{quant:3,epochs:1}]"],
     # optim
     "optim.name": NAME,
     "optim.lr": ["abc", "0", "-1", "true"],

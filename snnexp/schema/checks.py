@@ -21,11 +21,15 @@ class Check:
         allowed: what is allowed, in words ("an integer >= 1"); also the
             message for a value of the wrong type.
         template: the message; ``{key}``, ``{value!r}``, ``{allowed}`` are filled in.
+        explain: for a value of the right type that ``ok`` refuses, the whole
+            message from ``(key, value)`` (which part is wrong, for a list of
+            nodes), or None to use ``template``.
     """
 
     ok: Callable[[Any], bool]
     allowed: str
     template: str = "{key}={value!r} must be {allowed}"
+    explain: Callable[[str, Any], str | None] | None = None
 
 
 def spec(check: Check | None = None) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from snnexp import quant
+from snnexp import confdir, quant
 from snnexp.data import encoding, mnist1d, nmnist, shd, yinyang
+from snnexp.errors import ConfigError
 from snnexp.models import conv
 from snnexp.models.time_loop import READOUTS
 from snnexp.schema.checks import (
@@ -351,10 +353,31 @@ BOUND: dict[str, set[str]] = {
 # A mode may carry the knobs of the other modes (``debug=fast`` sets
 # ``quant_epochs`` and ``calib_batches`` for all); its pipeline ignores them.
 PIPELINES = ("qat", "qt", "ptq", "srq")
+def _stages_problem(key: str, value: Any) -> str | None:
+    """``snnexp.train.pipelines.parse_stages``' message for a bad ``mode.stages``, or None."""
+    from snnexp.train.pipelines import parse_stages  # imported when used: the training stack imports the schema
+
+    try:
+        parse_stages(value, where=key)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+SCHEDULES = confdir.options("optim/schedule")
 MODE_CHECKS: dict[str, Check] = {
     "lr_scale": above(0.0),
     "bwd_qtype": one_of(quant.ACT_QTYPES),
     "fp32_checkpoint": Check(exists, "an existing checkpoints/fp32 directory", "{key}={value!r} does not exist"),
+    "schedule": Check(lambda v: "_target_" in v if isinstance(v, dict) else v in SCHEDULES,
+                      f"{SCHEDULES} (conf/optim/schedule), a schedule node with a _target_",
+                      "{key}={value!r}; valid choices: {allowed}"),
+    "warmup_steps": at_least(0),
+    "distill_weight": within(0.0, 1.0),
+    "distill_temperature": above(0.0),
+    "stages": Check(lambda v: _stages_problem("mode.stages", v) is None,
+                    "a list of stages {quant: <a recipe of conf/quant>, epochs: <an integer >= 0>}",
+                    explain=_stages_problem),
 }
 GROUPS: dict[str, type | None] = {  # None: selected by ``_target_``
     "trainer": Trainer, "data": None, "model": None, "neuron": None, "surrogate": None,

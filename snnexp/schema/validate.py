@@ -50,6 +50,9 @@ def validate(cfg: DictConfig) -> None:
     optim = _resolved(cfg, "optim")
     _check_target_node("optim.optimizer", "optim.optimizer", optim["optimizer"])
     _check_target_node("optim.schedule", "optim.schedule", optim["schedule"])
+    schedule = _resolved(cfg, "mode").get("schedule")
+    if isinstance(schedule, dict):  # QAT's own schedule, written out as a node
+        _check_target_node("optim.schedule", "mode.schedule", schedule)
     rules = _resolved(cfg, "quant")["rules"] or []
     rule_fields = _hinted_fields(quant.Rule)
     for i, rule in enumerate(rules):
@@ -136,6 +139,10 @@ def _check_value(key: str, value: Any, tp: Any, check: Check | None) -> None:
             good = False
     if good:
         return
+    if check is not None and check.explain is not None and matches(value, tp):
+        message = check.explain(key, value)
+        if message:
+            raise ConfigError(message)
     allowed = check.allowed if check is not None else describe(tp)
     if check is not None and nullable:
         allowed += " or null"

@@ -1,6 +1,6 @@
 """Training: four quantization pipelines over one training loop.
 
-* ``steps``: the pure jitted steps (loss, train, eval, calibration);
+* ``steps``: the pure jitted steps (loss, train, distillation, eval, calibration);
 * ``loop``: ``fit`` one phase, ``evaluate``, ``calibrate``, the epoch's batches;
 * ``pipelines``: one function per mode (``qat``, ``qt``, ``ptq``, ``srq``),
   named by ``conf/mode/*.yaml``, over shared phases;

@@ -82,7 +82,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             setup = Setup(
                 model=model, rules=rules, sample=sample,
                 trainer=Trainer(Arrays.put(data), settings, tracker, state, stop),
-                optimizer=lambda steps, lr_scale: build.optimizer(cfg, steps, lr_scale=lr_scale),
+                optimizer=lambda steps, lr_scale, **kw: build.optimizer(cfg, steps, lr_scale=lr_scale, **kw),
                 run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, hardware=profile,
             )
             result = pipeline(setup)

@@ -27,11 +27,13 @@ from snnexp.data import Dataset
 from snnexp.errors import NumericalError
 from snnexp.progress import EpochBar
 from snnexp.train.signals import StopFlag
-from snnexp.train.steps import calibrate_step, eval_step, train_steps
+from snnexp.train.steps import calibrate_step, distill_steps, eval_step, train_steps
 
 log = logging.getLogger(__name__)
 
 PHASES = ("fp32", "quant")
+# QAT's progressive stages (``mode.stages``) are phases ``stage1``, ``stage2``, ...
+STAGE = "stage"
 
 
 @dataclass
@@ -99,12 +101,42 @@ class Progress:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Soft targets for a training phase: the frozen ``teacher``'s readout (``steps.distillation_loss``)."""
+
+    teacher: nnx.Module  # never trained: not in the phase's optimizer, no gradient into it
+    weight: float  # w in (0, 1]: the weight of the soft term
+    temperature: float  # T > 0
+
+
 @dataclass
 class FitResult:
     """What a training phase took."""
 
     steps: int
     seconds: float
+
+
+def stage_phase_name(k: int) -> str:
+    """The phase name of QAT's ``k``-th progressive stage (1-based): ``stage1``, ``stage2``, ..."""
+    return f"{STAGE}{k}"
+
+
+def phase_index(phase: str) -> int:
+    """The number that seeds a phase's shuffles: ``fp32`` 0, ``quant`` 1, ``stage<k>`` ``2 + k``.
+
+    2 belongs to the calibration batches of SRQ (``calibrate``).
+
+    Raises:
+        ValueError: naming the phases there are.
+    """
+    if phase in PHASES:
+        return PHASES.index(phase)
+    k = phase.removeprefix(STAGE)
+    if phase.startswith(STAGE) and k.isdigit() and int(k) >= 1:
+        return len(PHASES) + int(k)
+    raise ValueError(f"phase={phase!r}; valid choices: {list(PHASES)} or {STAGE}<k> (k >= 1)")
 
 
 def epoch_perm(seed: int, phase: str, epoch: int, n: int, batch_size: int) -> np.ndarray:
@@ -115,7 +147,7 @@ def epoch_perm(seed: int, phase: str, epoch: int, n: int, batch_size: int) -> np
     of the shuffle are left out of that epoch.
     """
     steps = n // batch_size
-    rng = np.random.default_rng([seed, PHASES.index(phase), epoch])
+    rng = np.random.default_rng([seed, phase_index(phase), epoch])
     return rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
@@ -173,17 +205,31 @@ def _nan_error(phase: str, what: str, where: str, trainer: Trainer) -> Numerical
     )
 
 
+def _commit_like_the_outputs(model: nnx.Module, opt: nnx.Optimizer) -> None:
+    """Commits the optimizer's fresh arrays to their device when the model's are (restored ones are).
+
+    The step's outputs are committed arrays. Inputs that mix committed
+    (restored from a checkpoint) and uncommitted (a fresh optimizer count)
+    arrays compile the step once for the first call and again for the next;
+    all uncommitted (a fresh network) or all committed compile it once.
+    """
+    if any(getattr(a, "committed", False) for a in jax.tree.leaves(nnx.state(model))):
+        nnx.update(opt, jax.tree.map(lambda a: jax.device_put(a, a.sharding), nnx.state(opt)))
+
+
 def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *, phase: str, epochs: int,
-        epoch0: int = 0) -> FitResult:
+        epoch0: int = 0, distill: Distillation | None = None) -> FitResult:
     """Trains ``model`` in place for ``epochs``; resumes a saved phase.
 
     Args:
         model: the network (fp32 or qwix-quantized for QAT/QT).
         tx: the optax optimizer.
         trainer: data, settings, tracker, checkpoints, stop flag.
-        phase: ``"fp32"`` or ``"quant"``: the prefix of logged keys.
+        phase: ``"fp32"``, ``"quant"`` or a QAT stage (``"stage1"``, ...): the prefix of logged keys.
         epochs: epochs to run (0 skips).
         epoch0: epochs of the run before this phase (the W&B step offset).
+        distill: soft targets from a frozen teacher (``distill_steps``), or None: cross-entropy alone
+            (``train_steps``).
 
     Returns:
         Steps taken and seconds spent training (evaluation excluded),
@@ -206,9 +252,20 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
         log.info("[%s] resumed at epoch %d step %d", phase, progress.epoch + 1, progress.step)
     if progress.done or epochs <= 0:
         return FitResult(progress.steps, progress.seconds)
+    _commit_like_the_outputs(model, opt)
 
     def save() -> None:
         trainer.state.save(trainer.state.next_step(), model, opt, progress.to_json())
+
+    xs, ys = trainer.arrays.x_train, trainer.arrays.y_train
+    if distill is None:
+        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32) -> jax.Array:
+            return train_steps(model, opt, xs, ys, perm, start, stop)
+    else:
+        weight, temperature = np.float32(distill.weight), np.float32(distill.temperature)
+
+        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32) -> jax.Array:
+            return distill_steps(model, opt, distill.teacher, xs, ys, perm, start, stop, weight, temperature)
 
     first_call = True
     for epoch in range(progress.epoch + 1, epochs + 1):
@@ -220,8 +277,7 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
                 if first_call:
                     log.info("[%s] compiling the training step (the first call runs one step)", phase)
                 t0 = time.perf_counter()
-                losses = np.asarray(train_steps(model, opt, trainer.arrays.x_train, trainer.arrays.y_train, perm,
-                                                np.int32(start), np.int32(stop)))[start:stop]
+                losses = np.asarray(run_steps(perm, np.int32(start), np.int32(stop)))[start:stop]
                 dt = time.perf_counter() - t0
                 if first_call:
                     log.info("[%s] first step done in %.1f s", phase, dt)

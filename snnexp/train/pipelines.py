@@ -7,6 +7,9 @@ and holds exactly its knobs; ``snnexp.train.experiment.run`` calls it with a
 * ``fp32_phase``: train the float network (or restore a given checkpoint)
   and evaluate it;
 * ``train_phase``: train a (quantized) model, the ``quant`` phase of QAT/QT;
+* ``stage_phase``: one stage of QAT's progressive lowering (``mode.stages``):
+  fake-quantize the float weights with the stage's recipe, train, and carry
+  the trained float weights on to the next stage;
 * ``calibrate_phase``: static activation scales for SRQ;
 * ``deploy``: convert to integer weights (qwix ``PtqProvider``), evaluate
   that network and save it: ``quant_accuracy`` is the accuracy of what would
@@ -16,7 +19,7 @@ and holds exactly its knobs; ``snnexp.train.experiment.run`` calls it with a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +29,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from snnexp import checkpoint, metrics, quant
+from snnexp import checkpoint, confdir, metrics, quant
+from snnexp.errors import ConfigError
 from snnexp.export import sidecar
 from snnexp.hardware import Profile, integer
 from snnexp.hardware.qat import IntegerGrid, spike_agreement
 from snnexp.rundir import RunDir
-from snnexp.train.loop import Arrays, FitResult, LoopSettings, Trainer, evaluate, fit
+from snnexp.train.loop import Arrays, Distillation, FitResult, LoopSettings, Trainer, evaluate, fit, stage_phase_name
 from snnexp.train.loop import calibrate as calibrate_batches
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,8 @@ class Setup:
     rules: list[quant.Rule]  # the recipe
     sample: jax.Array  # one input [1, T, F], for qwix's first call
     trainer: Trainer
-    optimizer: Callable[[int, float], optax.GradientTransformation]  # (phase steps, lr scale) -> optimizer
+    # (phase steps, lr scale, schedule=..., warmup_steps=...) -> optimizer (snnexp.build.optimizer)
+    optimizer: Callable[..., optax.GradientTransformation]
     run_dir: RunDir
     recipe: str  # the recipe's name
     mode: str  # the mode's name
@@ -59,14 +64,109 @@ class Setup:
         return self.trainer.arrays.x_train.shape[0] // self.trainer.settings.batch_size
 
 
+@dataclass(frozen=True)
+class Finetune:
+    """How a quantized training phase trains: its learning rate, schedule and soft targets."""
+
+    lr_scale: float = 1.0  # the phase's learning rate = optim.lr * lr_scale
+    schedule: str | Mapping[str, Any] | None = None  # None: optim.schedule; else see snnexp.build.optimizer
+    warmup_steps: int | None = None  # None: the schedule's own warm-up; else see snnexp.build.optimizer
+    distill: Distillation | None = None  # None: cross-entropy alone
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of QAT's progressive lowering (``mode.stages``)."""
+
+    recipe: str  # an option of conf/quant
+    epochs: int
+
+
+STAGE_KEYS = ("quant", "epochs")
+
+
+def parse_stages(stages: Sequence[Mapping[str, Any]] | None, where: str = "mode.stages") -> list[Stage]:
+    """Checks ``mode.stages`` (a list of ``{quant: <recipe>, epochs: <n>}``, or null) before any compute.
+
+    Args:
+        stages: the knob's value, as plain Python.
+        where: the key named in errors.
+
+    Returns:
+        The stages, in order.
+
+    Raises:
+        ConfigError: one line naming the knob, its value, the bad stage and
+            the valid choices (the recipes of ``conf/quant``).
+    """
+    if stages is None:
+        return []
+    shape = "{quant: <a recipe of conf/quant>, epochs: <an integer >= 0>}"
+    if not isinstance(stages, (list, tuple)):
+        raise ConfigError(f"{where}={stages!r} must be a list of stages {shape}, or null")
+    recipes = confdir.options("quant")
+    out = []
+    for i, stage in enumerate(stages):
+        at = f"{where}={stages!r}: {where}[{i}]"
+        if not isinstance(stage, Mapping):
+            raise ConfigError(f"{at}={stage!r} must be a stage {shape}")
+        unknown = sorted(map(str, set(stage) - set(STAGE_KEYS)))
+        if unknown:
+            raise ConfigError(f"{at}.{unknown[0]} is not a key of a stage; valid choices: {list(STAGE_KEYS)}")
+        missing = [k for k in STAGE_KEYS if k not in stage]
+        if missing:
+            raise ConfigError(f"{at} has no {missing[0]}: a stage must be {shape}")
+        name, epochs = stage["quant"], stage["epochs"]
+        if not isinstance(name, str) or name not in recipes:
+            raise ConfigError(f"{at}.quant={name!r} is not a recipe of conf/quant; valid choices: {recipes}")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ConfigError(f"{at}.epochs={epochs!r} must be an integer >= 0")
+        out.append(Stage(name, epochs))
+    return out
+
+
+def stage_recipe(stage: Stage) -> tuple[str, list[quant.Rule]]:
+    """The recipe of a stage: its name and rules, read from ``conf/quant`` as ``quant=<recipe>`` composes it."""
+    node = confdir.load_option("quant", stage.recipe)
+    return str(node.get("name", stage.recipe)), quant.parse_recipe(node.get("rules"))
+
+
 def qat(setup: Setup, *, fp32_epochs: int, quant_epochs: int, lr_scale: float,
-        fp32_checkpoint: str | None = None) -> dict[str, Any]:
-    """Quantization-aware training: fp32, then fake-quant fine-tuning with straight-through gradients."""
+        fp32_checkpoint: str | None = None, schedule: str | dict | None = None, warmup_steps: int | None = None,
+        distill_weight: float = 0.0, distill_temperature: float = 2.0,
+        stages: list[dict] | None = None) -> dict[str, Any]:
+    """Quantization-aware training: fp32, then fake-quant fine-tuning with straight-through gradients.
+
+    The fine-tuning (and each stage) trains with ``optim.lr * lr_scale`` on
+    ``schedule`` (None: the optimizer's) with ``warmup_steps`` (None: the
+    schedule's own), against the labels blended with the fp32 network's
+    softened readout when ``distill_weight > 0`` (``steps.distillation_loss``).
+    ``stages`` (``[{quant: <recipe>, epochs: <n>}, ...]``) come first: each
+    fake-quantizes the float weights the previous one trained with its own
+    recipe and trains them (``stage_phase``); the final ``quant`` phase then
+    fine-tunes with the run's recipe for ``quant_epochs``, and that network
+    is deployed.
+    """
+    plan = [(stage, *stage_recipe(stage)) for stage in parse_stages(stages)]
+    for _, _, rules in plan:  # a rule that matches no layer fails before any training
+        check_recipe(setup, rules)
     fp32 = fp32_phase(setup, fp32_epochs, fp32_checkpoint)
-    trained = training_model("qat", setup.model, setup.rules, setup.sample, hardware=setup.hardware,
+    distill = (Distillation(nnx.clone(setup.model), float(distill_weight), float(distill_temperature))
+               if distill_weight > 0 else None)
+    finetune = Finetune(lr_scale, schedule, warmup_steps, distill)
+    current = setup.model
+    if plan:  # the stages train a copy: setup.model stays the fp32 network
+        current = nnx.clone(setup.model)
+        for k, (stage, name, rules) in enumerate(plan, start=1):
+            stage_phase(setup, current, k, stage.epochs, name, rules, finetune)
+    trained = training_model("qat", current, setup.rules, setup.sample, hardware=setup.hardware,
                              x_train=setup.trainer.arrays.x_train)
-    train_phase(setup, trained, quant_epochs, lr_scale=lr_scale)
-    return deploy(setup, trained, "ptq", fp32)
+    train_phase(setup, trained, quant_epochs, finetune)
+    result = deploy(setup, trained, "ptq", fp32)
+    if plan:
+        result["stages"] = {stage_phase_name(k): {"recipe": name, "epochs": stage.epochs}
+                            for k, (stage, name, _) in enumerate(plan, start=1)}
+    return result
 
 
 def qt(setup: Setup, *, epochs: int, bwd_qtype: str | None) -> dict[str, Any]:
@@ -120,11 +220,56 @@ def fp32_phase(setup: Setup, epochs: int, fp32_checkpoint: str | None) -> dict[s
     return evaluation
 
 
-def train_phase(setup: Setup, model: nnx.Module, epochs: int, lr_scale: float = 1.0) -> None:
-    """Trains ``model`` (quantized) in place for ``epochs``: the run's ``quant`` phase."""
-    tx = setup.optimizer(epochs * setup.steps_per_epoch, lr_scale)
-    _record(setup, "quant", fit(model, tx, setup.trainer, phase="quant", epochs=epochs, epoch0=setup.epochs))
+def train_phase(setup: Setup, model: nnx.Module, epochs: int, finetune: Finetune | None = None, *,
+                phase: str = "quant") -> None:
+    """Trains ``model`` (quantized) in place for ``epochs``: the run's ``quant`` phase, or a QAT stage."""
+    f = finetune or Finetune()
+    tx = setup.optimizer(epochs * setup.steps_per_epoch, f.lr_scale, schedule=f.schedule,
+                         warmup_steps=f.warmup_steps)
+    _record(setup, phase, fit(model, tx, setup.trainer, phase=phase, epochs=epochs, epoch0=setup.epochs,
+                              distill=f.distill))
     setup.epochs += epochs
+
+
+def stage_phase(setup: Setup, current: nnx.Module, k: int, epochs: int, recipe: str, rules: list[quant.Rule],
+                finetune: Finetune | None = None) -> nnx.Module | None:
+    """QAT's ``k``-th stage (phase ``stage<k>``): ``current``'s float weights trained under ``rules``.
+
+    The fake-quant copy of ``current`` (qwix keeps each weight as the same
+    float ``nnx.Param`` and quantizes it at every call) trains for
+    ``epochs``; its float parameters are then copied back into ``current``
+    (``copy_float_weights``), from which the next stage starts, and saved in
+    ``checkpoints/stage<k>``. A rerun restores that checkpoint instead of
+    training the stage again.
+
+    Args:
+        setup: the run.
+        current: the float network, updated in place.
+        k: the stage's number, from 1.
+        epochs: its epochs.
+        recipe: its recipe's name (for the record).
+        rules: its recipe.
+        finetune: how it trains.
+
+    Returns:
+        The trained fake-quant network, or None when the stage was restored.
+    """
+    phase = stage_phase_name(k)
+    path = setup.run_dir.checkpoints / phase
+    if path.exists():
+        checkpoint.restore(path, current)
+        setup.fits.append(FitResult(**setup.run_dir.phases().get(phase, {"steps": 0, "seconds": 0.0})))
+        setup.epochs += epochs
+        log.info("[%s] restored from %s (stage %d, recipe %s, already trained)", phase, path, k, recipe)
+        return None
+    log.info("[%s] stage %d: fake-quant %s for %d epoch(s)", phase, k, recipe, epochs)
+    model = training_model("qat", current, rules, setup.sample, hardware=setup.hardware,
+                           x_train=setup.trainer.arrays.x_train)
+    train_phase(setup, model, epochs, finetune, phase=phase)
+    copy_float_weights(model, current)
+    checkpoint.save(path, current)
+    setup.trainer.stop.check(f"after {phase}")
+    return model
 
 
 def calibrate_phase(setup: Setup, batches: int) -> nnx.Module:
@@ -224,6 +369,42 @@ def training_model(mode: Literal["fp32", "qat", "qt"], model: nnx.Module, rules:
     binary, scale = integer.input_coding(x_train, hardware)
     qmodel.integer_grid = IntegerGrid(hardware, tuple(metrics.qtype_of(p, rules) for p in paths), binary, scale)
     return qmodel
+
+
+def copy_float_weights(trained: nnx.Module, into: nnx.Module) -> None:
+    """Copies the float parameters of a fake-quant (QAT/QT) model into the float network it was made from.
+
+    qwix's ``QtProvider`` keeps every weight as the model's own float
+    ``nnx.Param``, at the same path as in the float network, and quantizes
+    it at each call; so the ``nnx.Param`` state of the two has the same
+    paths and shapes (checked), and the trained latent weights are those
+    parameters (docs/qwix_on_snns.md §6).
+
+    Raises:
+        ValueError: the two hold different parameters (not a copy of ``into``).
+    """
+    src, dst = nnx.state(trained, nnx.Param), nnx.state(into, nnx.Param)
+
+    def shapes(state: Any) -> list[tuple[str, tuple[int, ...]]]:
+        return [(jax.tree_util.keystr(p), tuple(np.shape(v))) for p, v in jax.tree_util.tree_leaves_with_path(state)]
+
+    if shapes(src) != shapes(dst):
+        raise ValueError(f"the trained model's parameters {shapes(src)} are not the float network's {shapes(dst)}")
+    nnx.update(into, src)
+
+
+def check_recipe(setup: Setup, rules: list[quant.Rule]) -> None:
+    """Refuses, before any training, a recipe that does not apply to the run's network.
+
+    As ``snnexp.build.network`` checks the run's own recipe: a dry
+    quantization (a rule that matches no layer, a tile that does not divide
+    a layer) and, for an integer ``hardware`` profile, its integer form.
+    """
+    if setup.hardware.integer:
+        dry = quant.quantize(setup.model, rules, "ptq", setup.sample)
+        integer.IntegerNetwork.from_deployed(dry, rules, setup.hardware, np.asarray(setup.sample))
+    else:  # traced only: no eager op compiles
+        nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", setup.sample), setup.model)
 
 
 def calibrated_model(model: nnx.Module, rules: list[quant.Rule], sample: jax.Array, arrays: Arrays, batches: int,

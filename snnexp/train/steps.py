@@ -31,6 +31,44 @@ def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
     return loss, (logits, rates)
 
 
+def distillation_loss(logits: jax.Array, teacher_logits: jax.Array, y: jax.Array, weight: jax.Array | float,
+                      temperature: jax.Array | float) -> jax.Array:
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015): cross-entropy blended with a softened KL term.
+
+    ``(1 - w) * CE(y, student) + w * T**2 * KL(softmax(teacher / T) || softmax(student / T))``,
+    averaged over the batch. ``T**2`` keeps the soft term's gradient on the
+    scale of the hard one as ``T`` changes. At ``w = 0`` it is the
+    cross-entropy of ``loss_and_logits`` exactly.
+
+    Args:
+        logits: the student's class scores ``[B, C]``.
+        teacher_logits: the teacher's class scores ``[B, C]`` (no gradient is taken through them).
+        y: labels ``[B]``.
+        weight: ``w`` in ``[0, 1]``, a scalar.
+        temperature: ``T > 0``, a scalar.
+
+    Returns:
+        The mean loss, a scalar.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    log_student = jax.nn.log_softmax(logits / temperature, axis=-1)
+    log_teacher = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
+    return ((1.0 - weight) * ce + weight * temperature**2 * kl).mean()
+
+
+def distill_loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array, teacher_logits: jax.Array,
+                            weight: jax.Array | float, temperature: jax.Array | float):
+    """``loss_and_logits`` with the loss of ``distillation_loss`` against ``teacher_logits [B, C]``.
+
+    Returns:
+        ``(mean loss, (logits [B, C], rates [B, T, L]))``.
+    """
+    readout, rates = model(x)
+    logits = readout_logits(readout, getattr(model, "readout_mode", "mean"))
+    return distillation_loss(logits, teacher_logits, y, weight, temperature), (logits, rates)
+
+
 @nnx.jit
 def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array,
                 start: jax.Array, stop: jax.Array) -> jax.Array:
@@ -59,6 +97,49 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
         idx = perm[k]
         grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
         (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
+        opt.update(model, grads)
+        return model, opt, losses.at[k].set(loss)
+
+    _, _, losses = nnx.fori_loop(start, stop, step, (model, opt, jnp.zeros(perm.shape[0], jnp.float32)))
+    return losses
+
+
+@nnx.jit
+def distill_steps(model: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module, xs: jax.Array, ys: jax.Array,
+                  perm: jax.Array, start: jax.Array, stop: jax.Array, weight: jax.Array,
+                  temperature: jax.Array) -> jax.Array:
+    """``train_steps`` with the loss of ``distillation_loss`` against a frozen ``teacher``.
+
+    The teacher runs once per batch, its whole time loop in one forward pass,
+    as a graph definition and state split off outside the loop: it is no
+    argument of the gradient, not in ``opt`` and never updated. ``weight``
+    and ``temperature`` are traced, so one compiled program serves a phase
+    whatever their values.
+
+    Args:
+        model: the student, updated in place.
+        opt: its optimizer, updated in place.
+        teacher: the frozen network whose readout gives the soft targets.
+        xs: all training inputs ``[N, T, F]``; ys: labels ``[N]``.
+        perm: the epoch's batch indices ``[S, B]``.
+        start: first step to run, int32 scalar; stop: one past the last.
+        weight: the distillation weight ``w``, float32 scalar.
+        temperature: ``T``, float32 scalar.
+
+    Returns:
+        Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere.
+    """
+    graphdef, frozen = nnx.split(teacher)
+    readout = getattr(teacher, "readout_mode", "mean")
+
+    def step(k, carry):
+        model, opt, losses = carry
+        idx = perm[k]
+        x, y = xs[idx], ys[idx]
+        trace, _ = nnx.merge(graphdef, frozen)(x)
+        targets = jax.lax.stop_gradient(readout_logits(trace, readout))
+        grad_fn = nnx.value_and_grad(distill_loss_and_logits, has_aux=True)
+        (loss, _), grads = grad_fn(model, x, y, targets, weight, temperature)
         opt.update(model, grads)
         return model, opt, losses.at[k].set(loss)
 
