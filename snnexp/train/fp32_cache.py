@@ -198,8 +198,10 @@ def fp32_network(setup: Setup, cache: Fp32Cache, epochs: int,
         log.info("fp32 cache: stored the fp32 network of key %s in %s", key, entry.path)
     else:
         checkpoint.restore(entry.path / "checkpoint", model)
+        logged = {r.get("step") for r in _rows(tracker.history_path)}  # a resumed run kept its first epochs
         for row in meta["history"]:
-            tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            if row["step"] not in logged:
+                tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         setup.fits.append(FitResult(0, 0.0))
         rd.finish_phase("fp32", 0, 0.0)
         done = Progress("fp32", epoch=epochs, done=True, global_epoch=epochs)  # as fit leaves it
