@@ -167,7 +167,7 @@ def test_a_job_reusing_the_fp32_network_ends_exactly_as_one_that_trained_it(tmp_
     k = key()
     (cache / f"{k}.tmp-host-1-dead").mkdir(parents=True)  # left by a job killed while writing the entry
     caplog.set_level(logging.INFO, logger="snnexp")
-    launch.enable_compile_cache(ROOT / "outputs" / ".jax_cache")  # as python -m snnexp does: the runs compile once
+    launch.enable_compile_cache(make_cfg().compile_cache)  # as python -m snnexp does: the runs compile once
     trained = run(make_cfg(*TINY, *on), tmp_path / "trained")
     assert f"no entry for key {k}" in caplog.text
     caplog.clear()
