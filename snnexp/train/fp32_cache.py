@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 import snnexp
@@ -197,7 +198,7 @@ def fp32_network(setup: Setup, cache: Fp32Cache, epochs: int,
     if created:
         log.info("fp32 cache: stored the fp32 network of key %s in %s", key, entry.path)
     else:
-        checkpoint.restore(entry.path / "checkpoint", model)
+        _uncommitted(checkpoint.restore(entry.path / "checkpoint", model))
         logged = {r.get("step") for r in _rows(tracker.history_path)}  # a resumed run kept its first epochs
         for row in meta["history"]:
             if row["step"] not in logged:
@@ -213,6 +214,17 @@ def fp32_network(setup: Setup, cache: Fp32Cache, epochs: int,
     write_json(rd.checkpoints / RECORD, record)
     setup.fp32_cache_record = record
     return meta["evaluation"]
+
+
+def _uncommitted(model: nnx.Module) -> None:
+    """Places the restored arrays of ``model`` as a freshly built model holds them: on the default device, uncommitted.
+
+    orbax returns arrays committed to their device; the rest of the run
+    (and, in a sequential sweep, the jobs after it) would compile every
+    program a second time for committed inputs.
+    """
+    nnx.update(model, jax.tree.map(lambda a: jax.device_put(np.asarray(a)) if isinstance(a, jax.Array) else a,
+                                   nnx.state(model)))
 
 
 def _optimizer(setup: Setup, epochs: int) -> nnx.Optimizer:
