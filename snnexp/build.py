@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from snnexp.data import Dataset
 from snnexp.errors import ConfigError
 from snnexp.hardware import Profile, from_config
 from snnexp.hardware.integer import IntegerNetwork
+from snnexp.train.fp32_cache import Fp32Cache
 from snnexp.train.loop import LoopSettings
 from snnexp.train.pipelines import parse_stages
 
@@ -234,6 +236,34 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     else:  # the same check, traced only: no eager op compiles (seconds of a cold start)
         nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", sample), net)
     return net, sample
+
+
+def fp32_cache(cfg: DictConfig, resolved: dict) -> Fp32Cache | None:
+    """The fp32 network cache of ``fp32_cache`` / ``fp32_cache_dir``, or None when it is off or not needed.
+
+    Not needed: a mode without an fp32 phase (``qt``), or one given
+    ``mode.fp32_checkpoint``. The directory is made here, so that one the
+    run cannot write is named before any training.
+
+    Args:
+        cfg: the run config.
+        resolved: the same config resolved to plain values (what the key is made from).
+
+    Raises:
+        ConfigError: ``fp32_cache_dir`` cannot be created or written.
+    """
+    if not cfg.get("fp32_cache", False) or "fp32_epochs" not in cfg.mode or cfg.mode.get("fp32_checkpoint"):
+        return None
+    root = Path(cfg.fp32_cache_dir).absolute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"fp32_cache_dir={str(cfg.fp32_cache_dir)!r} cannot be created ({e}); choose another "
+                          "directory or switch the cache off with fp32_cache=false") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"fp32_cache_dir={str(cfg.fp32_cache_dir)!r} is not writable; choose another directory "
+                          "or switch the cache off with fp32_cache=false")
+    return Fp32Cache(root, resolved)
 
 
 def tracker(cfg: DictConfig, out_dir: Path, resolved: dict, *, resume_step: int = 0) -> tracking.Tracker:

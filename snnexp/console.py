@@ -37,6 +37,7 @@ def results_table(result: dict[str, Any]) -> str:
         ("synaptic MACs / sample", fmt(result.get("synaptic_macs_per_sample"))),
         ("synaptic ops / sample", fmt(result["synaptic_ops_per_sample"])),
         *_integer_rows(result, fmt),
+        *_fp32_cache_rows(result),
         ("train time (s)", fmt(result["train_time_s"])),
         ("steps / s", fmt(result["steps_per_s"])),
     ]
@@ -59,3 +60,11 @@ def _integer_rows(result: dict[str, Any], fmt: Any) -> list[tuple[str, str]]:
         ("accumulator bits", f"{max(needed.values(), default=0)} of {result.get('accumulator_bits')}"),
         ("overflow events", fmt(result.get("overflow_events"))),
     ]
+
+
+def _fp32_cache_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Whether the fp32 network was trained here or reused from the fp32 cache; none with the cache off."""
+    cached = result.get("fp32_cache")
+    if not cached:
+        return []
+    return [("fp32 network", "reused from the cache" if cached["hit"] else "trained and cached")]

@@ -26,8 +26,9 @@ from snnexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Keys that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective", "report")
+# Keys that may differ between a run and its resumption. The fp32 cache is one of them: a run's own
+# checkpoints/fp32 comes before the cache, and a network from the cache is the one the run would train.
+RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective", "report", "fp32_cache", "fp32_cache_dir")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

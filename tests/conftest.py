@@ -14,6 +14,9 @@ import snnexp  # noqa: F401  (the config's resolvers)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The fp32 network cache is off in the tests (every run trains its own, as the tests expect, and nothing is
+# shared between tests or sessions); tests/test_fp32_cache.py switches it on with a directory of its own.
+os.environ.setdefault("SNNEXP_FP32_CACHE_ON", "false")
 
 
 def make_cfg(*overrides: str) -> DictConfig:

@@ -72,6 +72,8 @@ BAD: dict[str, list[str]] = {
     "resume": NOT_BOOL,
     "objective": NAME,
     "compile_cache": NOT_STR,
+    "fp32_cache": NOT_BOOL,
+    "fp32_cache_dir": NAME,
     "trainer.epochs": COUNT,
     "trainer.batch_size": POSITIVE_INT,
     "trainer.eval_batch_size": POSITIVE_INT,
@@ -227,8 +229,8 @@ def _pattern(path: str) -> str:
 
 
 def _cases() -> list[tuple[str, str, str, str]]:
-    cases = [("train", "", key, value) for key in ("seed", "resume", "objective", "compile_cache")
-             for value in BAD[key]]
+    top = ("seed", "resume", "objective", "compile_cache", "fp32_cache", "fp32_cache_dir")
+    cases = [("train", "", key, value) for key in top for value in BAD[key]]
     cases += [("train", "", f"trainer.{k}", v) for k in ("epochs", "batch_size", "eval_batch_size",
                                                           "steps_per_call", "checkpoint_every")
               for v in BAD[f"trainer.{k}"]]

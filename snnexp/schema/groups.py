@@ -302,6 +302,8 @@ class Run:
     objective: str = spec(NAME)
     compile_cache: str | None = spec()
     report: bool = spec()
+    fp32_cache: bool = spec()
+    fp32_cache_dir: str = spec(NAME)
 
 
 # The option kinds of the groups with a ``_target_``, by target.

@@ -55,6 +55,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         settings = build.loop_settings(cfg)
         pipeline = build.pipeline(cfg)
         profile = build.hardware(cfg)
+        fp32_cache = build.fp32_cache(cfg, resolved)
     except ValueError as e:
         rd.failed(e, preempted=False)
         raise
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 model=model, rules=rules, sample=sample,
                 trainer=Trainer(Arrays.put(data), settings, tracker, state, stop),
                 optimizer=lambda steps, lr_scale, **kw: build.optimizer(cfg, steps, lr_scale=lr_scale, **kw),
-                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, hardware=profile,
+                run_dir=rd, recipe=cfg.quant.name, mode=cfg.mode.name, hardware=profile, fp32_cache=fp32_cache,
             )
             result = pipeline(setup)
             state.close()

@@ -35,6 +35,8 @@ from snnexp.export import sidecar
 from snnexp.hardware import Profile, integer
 from snnexp.hardware.qat import IntegerGrid, spike_agreement
 from snnexp.rundir import RunDir
+from snnexp.train import fp32_cache
+from snnexp.train.fp32_cache import Fp32Cache
 from snnexp.train.loop import Arrays, Distillation, FitResult, LoopSettings, Trainer, evaluate, fit, stage_phase_name
 from snnexp.train.loop import calibrate as calibrate_batches
 
@@ -57,6 +59,8 @@ class Setup:
     hardware: Profile = field(default_factory=Profile)  # the deployed network's arithmetic beyond its weights
     fits: list[FitResult] = field(default_factory=list)  # the training phases so far
     epochs: int = 0  # training epochs so far
+    fp32_cache: Fp32Cache | None = None  # where fp32 phases are shared between runs; None: off (fp32_cache=false)
+    fp32_cache_record: dict[str, Any] | None = None  # how the fp32 network came through the cache (the metrics')
 
     @property
     def steps_per_epoch(self) -> int:
@@ -195,29 +199,50 @@ def srq(setup: Setup, *, fp32_epochs: int, calib_batches: int, fp32_checkpoint: 
 
 
 def fp32_phase(setup: Setup, epochs: int, fp32_checkpoint: str | None) -> dict[str, Any]:
-    """Trains the float network (or restores ``fp32_checkpoint``), saves it; returns its test evaluation.
+    """Trains the float network (or restores it), saves it; returns its test evaluation.
 
-    A resumed run restores its own ``checkpoints/fp32`` instead of training.
+    In order: a resumed run restores its own ``checkpoints/fp32``; a given
+    ``fp32_checkpoint`` is restored (the cache is not asked); with the fp32
+    cache on, the network of the same key is reused from the cache, or
+    trained here and stored there (``snnexp.train.fp32_cache``); else it is
+    trained. Every way ends with the run's own ``checkpoints/fp32``.
     """
     rd, model = setup.run_dir, setup.model
     own = rd.checkpoints / "fp32"
+    eval_bs = setup.trainer.settings.eval_batch_size
+    evaluation = None
     if own.exists():
         checkpoint.restore(own, model)
         log.info("fp32 network restored from %s (the run's own fp32 phase)", own)
         setup.fits.append(FitResult(**rd.phases().get("fp32", {"steps": 0, "seconds": 0.0})))
+        setup.fp32_cache_record = fp32_cache.recorded(rd.checkpoints)
     elif fp32_checkpoint:
         checkpoint.restore(Path(fp32_checkpoint), model)
         log.info("fp32 weights restored from %s", fp32_checkpoint)
+    elif setup.fp32_cache is not None:
+        def train() -> tuple[FitResult, dict[str, Any]]:
+            result = _train_fp32(setup, epochs)
+            return result, evaluate(model, setup.trainer.arrays, eval_bs)
+
+        evaluation = fp32_cache.fp32_network(setup, setup.fp32_cache, epochs, train)
     else:
-        tx = setup.optimizer(epochs * setup.steps_per_epoch, 1.0)
-        _record(setup, "fp32", fit(model, tx, setup.trainer, phase="fp32", epochs=epochs))
+        _train_fp32(setup, epochs)
     if not fp32_checkpoint:
         setup.epochs += epochs
-    evaluation = evaluate(model, setup.trainer.arrays, setup.trainer.settings.eval_batch_size)
+    if evaluation is None:
+        evaluation = evaluate(model, setup.trainer.arrays, eval_bs)
     if not own.exists():
         checkpoint.save(own, model)
     setup.trainer.stop.check("after the fp32 phase")
     return evaluation
+
+
+def _train_fp32(setup: Setup, epochs: int) -> FitResult:
+    """Trains ``setup.model`` as the fp32 phase (resuming a saved one) and records the phase."""
+    tx = setup.optimizer(epochs * setup.steps_per_epoch, 1.0)
+    result = fit(setup.model, tx, setup.trainer, phase="fp32", epochs=epochs)
+    _record(setup, "fp32", result)
+    return result
 
 
 def train_phase(setup: Setup, model: nnx.Module, epochs: int, finetune: Finetune | None = None, *,
@@ -338,10 +363,12 @@ def deploy(setup: Setup, trained: nnx.Module, kind: quant.Mode, fp32: dict[str, 
         **metrics.deployed_metrics(deployed, setup.rules, arrays.x_test, layer_rates,
                                    setup.model.synapses()),  # packed bytes, ACs/MACs, sparsity
         **hw,
-        "train_time_s": train_time,
+        "train_time_s": train_time,  # what this run trained: a reused fp32 phase counts 0 (fp32_cache has its time)
         "train_steps": steps,
         "steps_per_s": steps / train_time if train_time > 0 else None,
         "epochs": setup.epochs,
+        "fp32_reused": bool(setup.fp32_cache_record and setup.fp32_cache_record["hit"]),
+        "fp32_cache": setup.fp32_cache_record,
     }
 
 
