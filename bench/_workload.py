@@ -193,7 +193,10 @@ def snnexp_cli_args(hidden: int, samples: int, epochs: int, model: str = "feedfo
         f"data.features={FEATURES}", f"data.n_classes={CLASSES}",
         f"model={model}", f"model.hidden=[{hidden}]", "neuron=lif", "surrogate=superspike", "optim=adam",
         f"trainer.batch_size={BATCH}", f"trainer.epochs={epochs}", "quant=fp32", "mode=ptq",
-        "logger=none", "compile_cache=null",
+        # the default evaluation batch (512) is refused when it equals a square layer's width (qwix could
+        # not tell the recurrent H x H weight from its input): the run asks for another, as a user would
+        f"trainer.eval_batch_size={256 if model == 'recurrent' and hidden == 512 else 512}",
+        "logger=none", "compile_cache=null", "fp32_cache=false",  # a run that trains: nothing reused
     ]
 
 
