@@ -63,12 +63,15 @@ def markdown(df: pd.DataFrame, t: pd.DataFrame, sweep: Path) -> str:
              + ", ".join(f"seed {s} {v:.1f} %" for s, v in fp32.items())
              + f" (mean {fp32.mean():.1f} %).", "",
              "| recipe | fine-tuning | " + " | ".join(seeds) + " | mean ± sd | vs plain (mean of seeds) | "
-             "QAT train s |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
+             "train s |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
     for _, r in t.iterrows():
         cells = " | ".join(f"{r[s]:.1f}" for s in seeds)
         delta = "-" if r.finetune == "plain" else f"{r.delta:+.1f}"
         lines.append(f"| {r.recipe} | {r.finetune} | {cells} | {r['mean']:.1f} ± {r.sd:.1f} | {delta} | "
                      f"{r.train_s:.0f} |")
+    lines += ["", "Deployed (integer-weight) test accuracy in %. `vs plain`: the mean over seeds of the change against "
+              "`finetune=plain` of the same recipe and seed. `train s`: what the job trained itself, so it includes "
+              "the fp32 phase in the jobs that trained the fp32 network for the others (the fp32 cache)."]
     return "\n".join(lines) + "\n"
 
 
