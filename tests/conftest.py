@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ import snnexp  # noqa: F401  (the config's resolvers)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Each xdist worker (and the subprocesses its tests start) compiles into a persistent cache of its own, kept
+# across the suite's sessions. A worker once died (SIGSEGV) inside JAX's persistent-cache read
+# (compilation_cache.get_executable_and_time) while the user cache dir was shared with the other worker and
+# with a sweep running beside the suite; that sharing is the suspect, not a proven cause.
+os.environ.setdefault("SNNEXP_COMPILE_CACHE", os.path.join(
+    tempfile.gettempdir(), f"snnexp-test-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 # The fp32 network cache is off in the tests (every run trains its own, as the tests expect, and nothing is
 # shared between tests or sessions); tests/test_fp32_cache.py switches it on with a directory of its own.
 os.environ.setdefault("SNNEXP_FP32_CACHE_ON", "false")
