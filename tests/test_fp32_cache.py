@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from omegaconf import OmegaConf
 
-from snnexp import checkpoint, launch
+from snnexp import checkpoint
 from snnexp.shared_cache import ENTRY, EntryCache
 from snnexp.train import run
 from snnexp.train.fp32_cache import environment, key_of, keyed_config
@@ -167,7 +167,6 @@ def test_a_job_reusing_the_fp32_network_ends_exactly_as_one_that_trained_it(tmp_
     k = key()
     (cache / f"{k}.tmp-host-1-dead").mkdir(parents=True)  # left by a job killed while writing the entry
     caplog.set_level(logging.INFO, logger="snnexp")
-    launch.enable_compile_cache(make_cfg().compile_cache)  # as python -m snnexp does: the runs compile once
     trained = run(make_cfg(*TINY, *on), tmp_path / "trained")
     assert f"no entry for key {k}" in caplog.text
     caplog.clear()
