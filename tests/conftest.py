@@ -15,10 +15,10 @@ import snnexp  # noqa: F401  (the config's resolvers)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# Each xdist worker (and the subprocesses its tests start) compiles into a persistent cache of its own, kept
-# across the suite's sessions. A worker once died (SIGSEGV) inside JAX's persistent-cache read
-# (compilation_cache.get_executable_and_time) while the user cache dir was shared with the other worker and
-# with a sweep running beside the suite; that sharing is the suspect, not a proven cause.
+# The python -m snnexp subprocesses of each xdist worker compile into a persistent cache of the worker's own,
+# kept across the suite's sessions, not into the user's cache dir. In-process tests leave the persistent cache
+# off: switched on inside a worker it stayed on for every later test, and one of them segfaulted in JAX's
+# cache read (compilation_cache.get_executable_and_time), twice in CI.
 os.environ.setdefault("SNNEXP_COMPILE_CACHE", os.path.join(
     tempfile.gettempdir(), f"snnexp-test-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 # The fp32 network cache is off in the tests (every run trains its own, as the tests expect, and nothing is
