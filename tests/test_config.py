@@ -13,7 +13,7 @@ from flax import nnx
 from hydra.utils import get_method
 from omegaconf import open_dict
 
-from snnexp import build, quant, tracking
+from snnexp import build, quant, schema, tracking
 from snnexp.data import Dataset
 from tests.conftest import CONF_DIR, make_cfg
 
@@ -157,3 +157,27 @@ def test_the_compile_cache_lives_in_the_user_cache_dir_not_the_checkout(tmp_path
 def test_every_group_has_tests():
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     assert groups >= {"data", "model", "neuron", "surrogate", "quant", "mode", "optim", "logger", "debug"}
+
+
+@pytest.mark.parametrize("finetune", options("finetune"))
+def test_finetune_bundles_compose_validate_and_reach_the_qat_pipeline(finetune):
+    cfg = make_cfg("experiment=mnist1d_recurrent", "quant=ternary", f"finetune={finetune}")
+    schema.validate(cfg)
+    knobs = build.pipeline(cfg).keywords
+    assert knobs["distill_weight"] == (0.5 if finetune in ("distill", "all") else 0.0)
+    assert knobs["schedule"] == ("warmup_cosine" if finetune in ("schedule", "all") else None)
+    staged = finetune in ("stages", "all")
+    assert [s["quant"] for s in knobs["stages"]] == (["w8a8", "w4a8"] if staged else [])
+    assert knobs["quant_epochs"] == (3 if staged else 5)  # the same 5 quantized epochs in every bundle
+
+
+def test_the_qat_ablation_sweep_composes_to_its_grid():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        c = compose("train", overrides=["experiment=mnist1d_recurrent", "sweep=qat_ablation"], return_hydra_config=True)
+    params = c.hydra.sweeper.params
+    assert params.finetune.split(",") == ["plain", "schedule", "distill", "stages", "all"]
+    assert params.quant.split(",") == ["ternary", "w4a8"] and params.seed.split(",") == ["0", "1", "2"]
