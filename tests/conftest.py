@@ -6,8 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 from hydra import compose, initialize_config_dir
+from jax._src import compilation_cache
 from omegaconf import DictConfig
 
 import snnexp  # noqa: F401  (the config's resolvers)
@@ -30,6 +32,20 @@ def make_cfg(*overrides: str) -> DictConfig:
     """The run config for ``overrides``, as ``python -m snnexp`` composes it."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compile_cache_after_the_test():
+    """Switches JAX's persistent compilation cache off again after a test that switched it on in-process.
+
+    ``snnexp.launch`` (run in-process by some tests) turns it on for the whole process; left on, a later
+    test of the same xdist worker segfaulted inside XLA while compiling through it
+    (``compiler._compile_and_write_cache``, test_run's weights_only-qat, and in CI test_yinyang's preset).
+    """
+    yield
+    if jax.config.jax_compilation_cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture
