@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 from hydra import compose, initialize_config_dir
-from jax._src import compilation_cache
+from jax.experimental.compilation_cache import compilation_cache
 from omegaconf import DictConfig
 
 import snnexp  # noqa: F401  (the config's resolvers)
