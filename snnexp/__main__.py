@@ -70,6 +70,9 @@ def main(cfg: DictConfig) -> float | None:
             raise  # a bug: Hydra prints the traceback
         print(f"snnexp: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if hc.mode == RunMode.MULTIRUN:  # the next job of this process may be the one that runs out of maps
+            launch.release_compiled_programs()
     return metrics.get(cfg.objective)
 
 

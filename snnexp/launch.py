@@ -3,7 +3,9 @@
 JAX's persistent compilation cache (a second job with the same shapes
 compiles nothing), one accelerator per job of a local parallel sweep, no GPU
 memory preallocation when jobs of a sweep may share a device, and the W&B
-group and name of a sweep's jobs. The bench calls the same functions.
+group and name of a sweep's jobs, and the release of a finished job's
+compiled programs when a process runs many jobs. The bench calls the same
+functions.
 """
 
 from __future__ import annotations
@@ -47,6 +49,39 @@ def enable_compile_cache(directory: str | Path) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return cache
+
+
+def memory_map_count() -> tuple[int, int] | None:
+    """This process's memory mappings and the kernel's limit on them, or None where /proc does not tell (not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            used = sum(1 for _ in maps)
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+    return used, limit
+
+
+def release_compiled_programs(fraction: float = 0.5) -> bool:
+    """Drops JAX's in-memory compiled programs once they hold over ``fraction`` of the process's memory maps.
+
+    Every program XLA:CPU compiles keeps about six memory mappings until its
+    cache entry goes; a process that runs job after job (Hydra's basic
+    launcher runs a whole sweep in one process, an optuna search too) reaches
+    Linux's ``vm.max_map_count`` (65530 by default) after some thousands of
+    programs, and XLA then segfaults while compiling the next. Called between
+    jobs, this clears the caches (``jax.clear_caches``) before that; the next
+    job compiles again what it needs (or reads it from the persistent cache).
+
+    Returns:
+        Whether the caches were cleared.
+    """
+    counts = memory_map_count()
+    if counts is None or counts[0] <= fraction * counts[1]:
+        return False
+    log.info("releasing compiled programs: %d of the %d memory maps allowed are in use", *counts)
+    jax.clear_caches()
+    return True
 
 
 def assign_device(job_num: int, devices: list[jax.Device]) -> jax.Device:

@@ -13,6 +13,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from omegaconf import DictConfig
 
 import snnexp  # noqa: F401  (the config's resolvers)
+from snnexp import launch
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -35,17 +36,21 @@ def make_cfg(*overrides: str) -> DictConfig:
 
 
 @pytest.fixture(autouse=True)
-def _no_persistent_compile_cache_after_the_test():
-    """Switches JAX's persistent compilation cache off again after a test that switched it on in-process.
+def _a_clean_jax_after_the_test():
+    """After each test: the persistent compilation cache off again, and compiled programs released if many.
 
-    ``snnexp.launch`` (run in-process by some tests) turns it on for the whole process; left on, a later
-    test of the same xdist worker segfaulted inside XLA while compiling through it
-    (``compiler._compile_and_write_cache``, test_run's weights_only-qat, and in CI test_yinyang's preset).
+    ``snnexp.launch`` (run in-process by some tests) turns the persistent cache on for the whole process;
+    the tests that did not ask for it run without it. An xdist worker of the slow session runs over a
+    hundred training runs in one process, and XLA:CPU segfaulted while compiling late in such workers
+    (test_run's weights_only-qat twice, test_yinyang's preset, test_train_step): every compiled program
+    holds memory maps until JAX's caches drop it, and the worker ran out of ``vm.max_map_count``.
+    ``launch.release_compiled_programs`` is what a multirun job does for the same reason.
     """
     yield
     if jax.config.jax_compilation_cache_dir is not None:
         jax.config.update("jax_compilation_cache_dir", None)
         compilation_cache.reset_cache()
+    launch.release_compiled_programs()
 
 
 @pytest.fixture

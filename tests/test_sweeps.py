@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 import yaml
 
+from snnexp import launch
 from tests.wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,22 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(launch.memory_map_count() is None, reason="no /proc/self/maps here")
+def test_compiled_programs_are_released_only_past_the_share_of_memory_maps():
+    """Each XLA:CPU program holds memory maps; past the share a job's end drops them, below it keeps them."""
+    jax.clear_caches()
+    before = launch.memory_map_count()[0]
+    kept = [jax.jit(lambda x, i=i: jnp.sin(x * i) @ x + i) for i in range(50)]  # alive, like a module's functions
+    for f in kept:
+        f(jnp.ones((8, 8))).block_until_ready()
+    grown = launch.memory_map_count()[0]
+    assert grown > before + 100  # several maps a program
+    assert not launch.release_compiled_programs(fraction=1.0)
+    assert launch.memory_map_count()[0] >= grown  # kept: the next job may reuse them
+    assert launch.release_compiled_programs(fraction=0.0)
+    assert launch.memory_map_count()[0] < before + (grown - before) / 4
 
 
 @pytest.mark.slow
