@@ -20,8 +20,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # The python -m snnexp subprocesses of each xdist worker compile into a persistent cache of the worker's own,
 # kept across the suite's sessions, not into the user's cache dir. In-process tests leave the persistent cache
-# off: switched on inside a worker it stayed on for every later test, and one of them segfaulted in JAX's
-# cache read (compilation_cache.get_executable_and_time), twice in CI.
+# off (switched on by one test, it stayed on for every later test of the worker).
 os.environ.setdefault("SNNEXP_COMPILE_CACHE", os.path.join(
     tempfile.gettempdir(), f"snnexp-test-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 # The fp32 network cache is off in the tests (every run trains its own, as the tests expect, and nothing is
