@@ -126,12 +126,30 @@ def test_mnist1d_delta_tracks_the_last_spike():
         ({"encoding": "rate"}, r"'rate'.*current.*delta.*level"),
         ({"encoding": "delta", "threshold": 0.0}, "threshold must be positive, got 0.0"),
         ({"encoding": "level", "levels": 1}, "levels must be an integer >= 2, got 1"),
+        ({"eval_split": "val"}, r"eval_split='val'; valid choices: \['test', 'validation'\]"),
     ],
 )
 def test_mnist1d_bad_arguments(kwargs, match, monkeypatch):
     monkeypatch.setattr(mnist1d, "generate", _refuse)  # checked before any work
     with pytest.raises(ValueError, match=match):
         mnist1d.load(**kwargs)
+
+
+def test_mnist1d_validation_split_holds_out_the_last_500_training_sequences(mnist1d_cache):
+    """A search evaluates on 500 held-out training sequences, scaled by the other 3500 alone; the test set unseen."""
+    cache, raw = mnist1d_cache
+    ds = mnist1d.load(eval_split="validation", cache_dir=str(cache))
+    assert ds.x_train.shape == (3500, 40, 1) and ds.x_test.shape == (500, 40, 1)
+    np.testing.assert_array_equal(ds.y_train, raw["y_train"][:3500])
+    np.testing.assert_array_equal(ds.y_test, raw["y_train"][3500:])
+    assert set(np.unique(ds.y_test)) == set(range(10))  # every class among the held-out sequences
+    fit = raw["x_train"][:3500]
+    centre = fit.mean()
+    scale = np.percentile(np.abs(fit - centre), 99.0)
+    np.testing.assert_allclose(ds.x_test[..., 0], (raw["x_train"][3500:] - centre) / scale, rtol=1e-6, atol=1e-6)
+    test = mnist1d.load(cache_dir=str(cache))  # the default, the published protocol, is unchanged
+    assert test.x_train.shape == (4000, 40, 1)
+    np.testing.assert_array_equal(test.y_test, raw["y_test"])
 
 
 def test_mnist1d_config_builds(mnist1d_cache):

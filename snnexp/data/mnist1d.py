@@ -41,6 +41,8 @@ import numpy as np
 from snnexp.data.dataset import Dataset
 
 ENCODINGS = ("current", "delta", "level")
+EVAL_SPLITS = ("test", "validation")
+VALIDATION_SIZE = 500  # the last 500 of the 4000 training sequences, held out when eval_split=validation
 STEPS = 40
 N_TRAIN = 4000
 N_TEST = 1000
@@ -176,6 +178,7 @@ def load(
     levels: int = 16,
     cache_dir: str | None = "~/.cache/snnexp/mnist1d",
     seed: int = REFERENCE_SEED,
+    eval_split: str = "test",
 ) -> Dataset:
     """Load MNIST-1D as a time series of T=40 steps.
 
@@ -188,23 +191,34 @@ def load(
             disables caching.
         seed: the generator's seed; 42 is the reference data set with
             published baselines.
+        eval_split: ``test``: train on the 4000 training sequences, evaluate
+            on the 1000 test ones (the published protocol). ``validation``:
+            train on the first 3500, evaluate on the last 500 training
+            sequences, the test set unseen (for a hyperparameter search).
 
     Returns:
         A ``Dataset`` with ``x_train`` ``[4000, 40, F]`` and ``x_test``
-        ``[1000, 40, F]`` float32, labels int32 in [0, 10).
+        ``[1000, 40, F]`` float32 (``[3500, 40, F]`` and ``[500, 40, F]`` for
+        ``validation``), labels int32 in [0, 10).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"data.encoding={encoding!r}; valid choices: {list(ENCODINGS)}")
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"data.eval_split={eval_split!r}; valid choices: {list(EVAL_SPLITS)}")
     if encoding == "delta" and not threshold > 0:
         raise ValueError(f"data.threshold must be positive, got {threshold}")
     if encoding == "level" and (int(levels) != levels or levels < 2):
         raise ValueError(f"data.levels must be an integer >= 2, got {levels}")
 
     raw = generate(seed, cache_dir)
-    centre = raw["x_train"].mean()
-    scale = np.percentile(np.abs(raw["x_train"] - centre), SCALE_PERCENTILE)
-    x_train = (raw["x_train"] - centre) / scale
-    x_test = (raw["x_test"] - centre) / scale
+    x_train, y_train, x_test, y_test = raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"]
+    if eval_split == "validation":
+        cut = len(x_train) - VALIDATION_SIZE
+        x_train, y_train, x_test, y_test = x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:]
+    centre = x_train.mean()  # from the sequences trained on alone
+    scale = np.percentile(np.abs(x_train - centre), SCALE_PERCENTILE)
+    x_train = (x_train - centre) / scale
+    x_test = (x_test - centre) / scale
 
     def encode(x: np.ndarray) -> np.ndarray:
         if encoding == "current":
@@ -215,9 +229,9 @@ def load(
 
     return Dataset(
         encode(x_train),
-        raw["y_train"].astype(np.int32),
+        y_train.astype(np.int32),
         encode(x_test),
-        raw["y_test"].astype(np.int32),
+        y_test.astype(np.int32),
         n_classes=N_CLASSES,
         name="mnist1d",
     )

@@ -58,6 +58,7 @@ class Mnist1dData(Target):
     levels: int = spec(at_least(2))
     cache_dir: str | None = spec()
     seed: int = spec(at_least(0))
+    eval_split: str = spec(one_of(mnist1d.EVAL_SPLITS))
 
 
 @dataclass
