@@ -457,7 +457,8 @@ def test_every_model_recipe_and_mode_runs(model, recipe, mode, tmp_path):
 # ---------------------------------------------------------------------- presets
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-BASES = ["mnist1d_ff", "mnist1d_recurrent", "shd_ff", "shd_recurrent", "nmnist_conv", "yinyang"]
+BASES = ["mnist1d_ff", "mnist1d_recurrent", "mnist1d_recurrent_256", "shd_ff", "shd_recurrent", "nmnist_conv",
+         "yinyang"]
 
 
 def features(cfg) -> int:
