@@ -136,6 +136,25 @@ def test_an_optuna_search_is_persistent_and_resumes(tmp_path):
     assert sorted(j["quant_accuracy"] for j in jobs) == sorted(t.value for t in study.trials)
 
 
+@pytest.mark.slow
+def test_the_mnist1d_search_runs_on_the_validation_split_and_resumes(tmp_path):
+    """hparams_search=mnist1d: each trial trains on 3500 sequences and scores the 500 held out; a rerun adds."""
+    args = ("-m", "experiment=mnist1d_recurrent", "hparams_search=mnist1d", "model.hidden=[8]", "trainer.epochs=1",
+            "trainer.batch_size=500", f"data.cache_dir={tmp_path / 'data'}", "logger=none", "fp32_cache=false",
+            "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'search'}")
+    for _ in range(2):
+        proc = snnexp(*args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "3500 train / 500 test" in proc.stdout + proc.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="mnist1d", storage=f"sqlite:///{tmp_path / 'search' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "search").glob("*/metrics.json")]
+    assert len(jobs) == 2 and all(j["status"] == "ok" and j["recipe"] == "fp32" for j in jobs)
+    assert sorted(j["fp32_accuracy"] for j in jobs) == sorted(t.value for t in study.trials)
+
+
 @pytest.mark.parametrize("module", ["snnexp.__main__", "snnexp.rundir", "snnexp.build", "snnexp.report"])
 def test_each_entry_module_imports_first_in_a_fresh_process(module):
     # the package's modules import one another; any of them may be the first a user imports
