@@ -63,7 +63,7 @@ def leaves(model: nnx.Module) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
 
 
-def run_and_reload(cfg, tmp_path: Path) -> dict:
+def run_and_reload(cfg, tmp_path: Path) -> None:
     """Train, deploy, save; ``load_deployed`` gives back the same network and accuracy; the report reads it."""
     metrics = run(cfg, tmp_path)
     assert metrics["status"] == "ok"
@@ -78,7 +78,6 @@ def run_and_reload(cfg, tmp_path: Path) -> dict:
     assert again["accuracy"] == metrics["quant_accuracy"]
     table = collect([tmp_path]).table
     assert float(table["quant_accuracy"].iloc[0]) == metrics["quant_accuracy"]
-    return metrics
 
 
 # ------------------------------------------------------------------ item 1: every qtype, every mode
