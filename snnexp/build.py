@@ -32,6 +32,7 @@ from snnexp.hardware.integer import IntegerNetwork
 from snnexp.train.fp32_cache import Fp32Cache
 from snnexp.train.loop import LoopSettings
 from snnexp.train.pipelines import parse_stages
+from snnexp.train.steps import Augment
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,9 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         value = t[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= {low}")
-    return LoopSettings(t.batch_size, t.eval_batch_size, t.steps_per_call, t.checkpoint_every, int(cfg.seed))
+    aug = t.get("augment") or {}
+    return LoopSettings(t.batch_size, t.eval_batch_size, t.steps_per_call, t.checkpoint_every, int(cfg.seed),
+                        Augment(shift=int(aug.get("shift", 0)), noise=float(aug.get("noise", 0.0))))
 
 
 def hardware(cfg: DictConfig) -> Profile:

@@ -47,7 +47,7 @@ def test_the_key_changes_with_what_trains_the_fp32_network_and_with_nothing_else
     changed = ["seed=1", "neuron=alif", "surrogate=arctan", "optim.lr=0.01", "optim=adamw", "optim/schedule=constant",
                "optim.grad_clip_norm=1.0", "mode.fp32_epochs=3", "trainer.epochs=4", "trainer.batch_size=32",
                "trainer.eval_batch_size=128", "data.steps=12", "data.encoding=latency", "model.hidden=[32]",
-               "model=recurrent", "model.readout=max", "neuron.beta=null"]
+               "model=recurrent", "model.readout=max", "neuron.beta=null", "trainer.augment.shift=2"]
     keys = {o: key(o) for o in changed}
     assert base not in keys.values(), [o for o, k in keys.items() if k == base]
     assert len(set(keys.values())) == len(changed)

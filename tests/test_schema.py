@@ -79,6 +79,8 @@ BAD: dict[str, list[str]] = {
     "trainer.eval_batch_size": POSITIVE_INT,
     "trainer.steps_per_call": COUNT,
     "trainer.checkpoint_every": POSITIVE_INT,
+    "trainer.augment.shift": ["-1", "1.5", "abc"],
+    "trainer.augment.noise": ["-0.1", "abc"],
     # data
     "data._target_": TARGET,
     "data.name": NAME,
@@ -232,7 +234,8 @@ def _cases() -> list[tuple[str, str, str, str]]:
     top = ("seed", "resume", "objective", "compile_cache", "fp32_cache", "fp32_cache_dir")
     cases = [("train", "", key, value) for key in top for value in BAD[key]]
     cases += [("train", "", f"trainer.{k}", v) for k in ("epochs", "batch_size", "eval_batch_size",
-                                                          "steps_per_call", "checkpoint_every")
+                                                          "steps_per_call", "checkpoint_every",
+                                                          "augment.shift", "augment.noise")
               for v in BAD[f"trainer.{k}"]]
     for group, option in OPTIONS:
         for key in _option_keys(group, option):

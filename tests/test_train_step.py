@@ -177,3 +177,30 @@ def test_step_chunks_cut_at_the_same_steps_after_a_resume():
     assert train.step_chunks(5, 10, 4) == [(5, 8), (8, 10)]
     assert train.step_chunks(5, 10, 4, first=True) == [(5, 6), (6, 8), (8, 10)]
     assert train.step_chunks(10, 10, 4, first=True) == []
+
+
+def test_augment_shifts_each_sample_within_range_zero_fills_and_leaves_off_untouched():
+    """``trainer.augment``: every sample is its own input moved by ``|s| <= shift`` steps, 0 where it left."""
+    x = jnp.asarray(np.random.default_rng(3).random((32, T, 2)).astype(np.float32) + 1.0)  # no zeros inside
+    key = jax.random.key_data(jax.random.key(0))
+    assert train.augment_batch(x, None, 0, train.Augment()) is x
+    out = np.asarray(train.augment_batch(x, key, 5, train.Augment(shift=3)))
+    seen = set()
+    for xi, oi in zip(np.asarray(x), out, strict=True):
+        matches = []
+        for s in range(-3, 4):
+            want = np.zeros_like(xi)
+            if s >= 0:
+                want[s:] = xi[:T - s]
+            else:
+                want[:s] = xi[-s:]
+            if np.array_equal(oi, want):
+                matches.append(s)
+        assert len(matches) == 1, "each sample is the input shifted by one s in -3..3, zero-filled"
+        seen.add(matches[0])
+    assert len(seen) >= 4, f"the shifts vary between samples: {seen}"
+    again = np.asarray(train.augment_batch(x, key, 5, train.Augment(shift=3)))
+    other = np.asarray(train.augment_batch(x, key, 6, train.Augment(shift=3)))
+    assert np.array_equal(out, again) and not np.array_equal(out, other), "(key, step) decides the draw"
+    noisy = np.asarray(train.augment_batch(x, key, 5, train.Augment(noise=0.2))) - np.asarray(x)
+    assert abs(noisy.std() - 0.2) < 0.03 and abs(noisy.mean()) < 0.03

@@ -292,6 +292,15 @@ class Trainer:
     eval_batch_size: int = spec(at_least(1))
     steps_per_call: int = spec(at_least(0))
     checkpoint_every: int = spec(at_least(1))
+    augment: dict = spec()  # its keys: ``Augment``
+
+
+@dataclass
+class Augment:
+    """``trainer.augment``: ``snnexp.train.steps.Augment``, the random transforms of the training batches."""
+
+    shift: int = spec(at_least(0))
+    noise: float = spec(at_least(0.0, "a number"))
 
 
 @dataclass

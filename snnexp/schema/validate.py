@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from snnexp import quant
 from snnexp.errors import ConfigError
 from snnexp.schema.checks import Check, allows_none, at_least, describe, known_type, matches
-from snnexp.schema.groups import BOUND, BY_TARGET, GROUPS, MODE_CHECKS, PIPELINES, Mode, Run, Target
+from snnexp.schema.groups import BOUND, BY_TARGET, GROUPS, MODE_CHECKS, PIPELINES, Augment, Mode, Run, Target
 
 # ------------------------------------------------------------------ checking
 
@@ -47,6 +47,8 @@ def validate(cfg: DictConfig) -> None:
             _check_target_node(group, group, node)
         else:
             _check_node(group, group, node, _fields_of(kind))
+    _check_node("trainer", "trainer.augment", _resolved(cfg, "trainer")["augment"], _fields_of(Augment),
+                " augment")
     optim = _resolved(cfg, "optim")
     _check_target_node("optim.optimizer", "optim.optimizer", optim["optimizer"])
     _check_target_node("optim.schedule", "optim.schedule", optim["schedule"])

@@ -13,9 +13,9 @@ from snnexp.rundir import load_deployed
 from snnexp.train.experiment import run
 from snnexp.train.loop import Arrays, LoopSettings, Trainer, epoch_perm, evaluate, fit, step_chunks
 from snnexp.train.signals import Preempted
-from snnexp.train.steps import loss_and_logits, train_steps
+from snnexp.train.steps import Augment, augment_batch, loss_and_logits, train_steps
 
 __all__ = [
-    "Arrays", "ConfigError", "LoopSettings", "NumericalError", "Preempted", "Trainer", "epoch_perm", "evaluate",
-    "fit", "load_deployed", "loss_and_logits", "run", "step_chunks", "train_steps",
+    "Arrays", "Augment", "ConfigError", "LoopSettings", "NumericalError", "Preempted", "Trainer", "augment_batch",
+    "epoch_perm", "evaluate", "fit", "load_deployed", "loss_and_logits", "run", "step_chunks", "train_steps",
 ]

@@ -69,8 +69,8 @@ FORMAT = 1  # of keyed_config; a change makes new keys
 KEY_CHARS = 24  # hex digits of the SHA-256 kept in the key (96 bits)
 # The groups of the resolved config that determine the fp32 network, whole.
 GROUPS = ("data", "model", "neuron", "surrogate", "optim")
-# Trainer settings that do: the batches (and the evaluation that the history records).
-TRAINER = ("batch_size", "eval_batch_size")
+# Trainer settings that do: the batches, their augmentation (and the evaluation that the history records).
+TRAINER = ("batch_size", "eval_batch_size", "augment")
 # Packages whose versions can change the trained network or the stored checkpoint.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "spyx", "numpy", "scikit-learn", "orbax-checkpoint")
 
@@ -131,7 +131,7 @@ def keyed_config(resolved: dict[str, Any], epochs: int, env: dict[str, Any] | No
     return {
         "format": FORMAT,
         **{group: resolved[group] for group in GROUPS},
-        "trainer": {k: resolved["trainer"][k] for k in TRAINER},
+        "trainer": {k: resolved["trainer"][k] for k in TRAINER if k in resolved["trainer"]},
         "seed": resolved["seed"],
         "fp32_epochs": int(epochs),
         "environment": environment() if env is None else env,

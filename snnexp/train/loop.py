@@ -27,7 +27,7 @@ from snnexp.data import Dataset
 from snnexp.errors import NumericalError
 from snnexp.progress import EpochBar
 from snnexp.train.signals import StopFlag
-from snnexp.train.steps import calibrate_step, distill_steps, eval_step, train_steps
+from snnexp.train.steps import NO_AUGMENT, Augment, calibrate_step, distill_steps, eval_step, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class LoopSettings:
     steps_per_call: int  # optimizer steps per jitted call; 0 = the whole epoch
     checkpoint_every: int  # epochs between training-state checkpoints
     seed: int
+    augment: Augment = NO_AUGMENT  # random transforms of the training batches (every training phase)
 
     def fit(self, n_train: int, n_test: int) -> LoopSettings:
         """These settings with batch sizes no larger than the splits."""
@@ -149,6 +150,12 @@ def epoch_perm(seed: int, phase: str, epoch: int, n: int, batch_size: int) -> np
     steps = n // batch_size
     rng = np.random.default_rng([seed, phase_index(phase), epoch])
     return rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def epoch_key(seed: int, phase: str, epoch: int) -> jax.Array:
+    """The PRNG key of one epoch's batch augmentation, seeded by ``(seed, phase, epoch)`` like its shuffle."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), phase_index(phase)),
+                                                  epoch))
 
 
 def step_chunks(start: int, stop: int, size: int, first: bool = False) -> list[tuple[int, int]]:
@@ -259,25 +266,27 @@ def fit(model: nnx.Module, tx: optax.GradientTransformation, trainer: Trainer, *
 
     xs, ys = trainer.arrays.x_train, trainer.arrays.y_train
     if distill is None:
-        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32) -> jax.Array:
-            return train_steps(model, opt, xs, ys, perm, start, stop)
+        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32, key: jax.Array) -> jax.Array:
+            return train_steps(model, opt, xs, ys, perm, start, stop, key, s.augment)
     else:
         weight, temperature = np.float32(distill.weight), np.float32(distill.temperature)
 
-        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32) -> jax.Array:
-            return distill_steps(model, opt, distill.teacher, xs, ys, perm, start, stop, weight, temperature)
+        def run_steps(perm: jax.Array, start: np.int32, stop: np.int32, key: jax.Array) -> jax.Array:
+            return distill_steps(model, opt, distill.teacher, xs, ys, perm, start, stop, weight, temperature,
+                                 key, s.augment)
 
     first_call = True
     for epoch in range(progress.epoch + 1, epochs + 1):
         t_epoch = time.perf_counter()
         perm = jax.device_put(epoch_perm(s.seed, phase, epoch, n, s.batch_size))
+        key = epoch_key(s.seed, phase, epoch) if s.augment else None
         bar = EpochBar(phase, epoch, epochs, steps_per_epoch, progress.step)
         try:
             for start, stop in step_chunks(progress.step, steps_per_epoch, k, first=first_call):
                 if first_call:
                     log.info("[%s] compiling the training step (the first call runs one step)", phase)
                 t0 = time.perf_counter()
-                losses = np.asarray(run_steps(perm, np.int32(start), np.int32(stop)))[start:stop]
+                losses = np.asarray(run_steps(perm, np.int32(start), np.int32(stop), key))[start:stop]
                 dt = time.perf_counter() - t0
                 if first_call:
                     log.info("[%s] first step done in %.1f s", phase, dt)

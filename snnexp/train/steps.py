@@ -6,12 +6,60 @@ cadence. Data stays on the device; a step gathers its batch by index.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from snnexp.models.time_loop import readout_logits
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random transforms of each training batch (``trainer.augment``); the evaluation never sees them.
+
+    A static argument of the jitted steps: with both off the steps compile
+    exactly what they did without it.
+    """
+
+    shift: int = 0  # each sample moves by s ~ U{-shift .. shift} time steps, the steps it leaves zero-filled
+    noise: float = 0.0  # standard deviation of Gaussian noise added to every input value
+
+    def __bool__(self) -> bool:
+        return self.shift > 0 or self.noise > 0.0
+
+
+NO_AUGMENT = Augment()
+
+
+def augment_batch(x: jax.Array, key: jax.Array | None, k: jax.Array, augment: Augment) -> jax.Array:
+    """``x [B, T, F]``, step ``k``'s batch, with each sample shifted in time and noised as ``augment`` says.
+
+    The randomness is ``fold_in(key, k)``: the epoch's key and the step, so a
+    resumed epoch draws what an uninterrupted one would.
+
+    A sample moved by ``s`` steps holds ``x[t - s]`` at step ``t`` and 0
+    where ``t - s`` falls outside ``0 .. T-1`` (0 is the mean of an
+    encoded analog input and "no spike" for a spike train).
+    """
+    if not augment:
+        return x
+    if key is None:
+        raise ValueError(f"trainer.augment={augment} needs the epoch's PRNG key; none was given")
+    k_shift, k_noise = jax.random.split(jax.random.fold_in(key, k))
+    if augment.shift > 0:
+        b, t = x.shape[0], x.shape[1]
+        s = jax.random.randint(k_shift, (b, 1), -augment.shift, augment.shift + 1)
+        src = jnp.arange(t)[None, :] - s  # [B, T]
+        inside = (src >= 0) & (src < t)
+        x = jnp.take_along_axis(x, jnp.clip(src, 0, t - 1)[..., None], axis=1)
+        x = jnp.where(inside[..., None], x, jnp.zeros((), x.dtype))
+    if augment.noise > 0.0:
+        x = x + augment.noise * jax.random.normal(k_noise, x.shape, x.dtype)
+    return x
 
 
 def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
@@ -69,9 +117,10 @@ def distill_loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array, teach
     return distillation_loss(logits, teacher_logits, y, weight, temperature), (logits, rates)
 
 
-@nnx.jit
+@functools.partial(nnx.jit, static_argnames=("augment",))
 def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Array, perm: jax.Array,
-                start: jax.Array, stop: jax.Array) -> jax.Array:
+                start: jax.Array, stop: jax.Array, key: jax.Array | None = None,
+                augment: Augment = NO_AUGMENT) -> jax.Array:
     """Optimizer steps ``start .. stop-1`` of an epoch in one call, on batches ``xs[perm[k]]``.
 
     ``start`` and ``stop`` are traced, so one compiled program serves every
@@ -86,6 +135,8 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
         perm: the epoch's batch indices ``[S, B]``.
         start: first step to run, int32 scalar.
         stop: one past the last step to run, int32 scalar.
+        key: the epoch's PRNG key; step ``k`` augments its batch with ``fold_in(key, k)``.
+        augment: the batch transforms (static).
 
     Returns:
         Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere
@@ -95,8 +146,9 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
     def step(k, carry):
         model, opt, losses = carry
         idx = perm[k]
+        x = augment_batch(xs[idx], key, k, augment)
         grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
-        (loss, _), grads = grad_fn(model, xs[idx], ys[idx])
+        (loss, _), grads = grad_fn(model, x, ys[idx])
         opt.update(model, grads)
         return model, opt, losses.at[k].set(loss)
 
@@ -104,10 +156,11 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
     return losses
 
 
-@nnx.jit
+@functools.partial(nnx.jit, static_argnames=("augment",))
 def distill_steps(model: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module, xs: jax.Array, ys: jax.Array,
                   perm: jax.Array, start: jax.Array, stop: jax.Array, weight: jax.Array,
-                  temperature: jax.Array) -> jax.Array:
+                  temperature: jax.Array, key: jax.Array | None = None,
+                  augment: Augment = NO_AUGMENT) -> jax.Array:
     """``train_steps`` with the loss of ``distillation_loss`` against a frozen ``teacher``.
 
     The teacher runs once per batch, its whole time loop in one forward pass,
@@ -125,6 +178,8 @@ def distill_steps(model: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module, xs
         start: first step to run, int32 scalar; stop: one past the last.
         weight: the distillation weight ``w``, float32 scalar.
         temperature: ``T``, float32 scalar.
+        key: the epoch's PRNG key; augment: the batch transforms (static), as in ``train_steps``
+            (the teacher sees the augmented batch too).
 
     Returns:
         Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere.
@@ -135,7 +190,7 @@ def distill_steps(model: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module, xs
     def step(k, carry):
         model, opt, losses = carry
         idx = perm[k]
-        x, y = xs[idx], ys[idx]
+        x, y = augment_batch(xs[idx], key, k, augment), ys[idx]
         trace, _ = nnx.merge(graphdef, frozen)(x)
         targets = jax.lax.stop_gradient(readout_logits(trace, readout))
         grad_fn = nnx.value_and_grad(distill_loss_and_logits, has_aux=True)
