@@ -59,6 +59,21 @@ def test_history_has_every_epoch(tmp_path):
 
 
 @pytest.mark.slow
+def test_augmented_training_is_reproducible_and_differs_from_plain_training(tmp_path):
+    """``trainer.augment`` reaches the training batches of every phase, with draws fixed by the seed."""
+    def train_losses(name: str, *overrides: str) -> list[float]:
+        run(make_cfg("debug=fast", "quant=w8a8", "mode=qat", "fp32_cache=false", *overrides), tmp_path / name)
+        rows = [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+        return [r[k] for r in rows for k in r if k.endswith("/train_loss")]
+
+    aug = ["trainer.augment.shift=2", "trainer.augment.noise=0.2"]
+    plain, first, again = train_losses("plain"), train_losses("aug", *aug), train_losses("again", *aug)
+    assert len(plain) == len(first) >= 2
+    assert first == again, "the same seed draws the same augmentation"
+    assert all(a != b for a, b in zip(plain, first, strict=True)), "every phase trains on augmented batches"
+
+
+@pytest.mark.slow
 def test_learns_the_synthetic_task(tmp_path):
     cfg = make_cfg("debug=fast", "quant=w8a8", "mode=qat", "trainer.epochs=15", "data.n_train=256",
                    "data.n_test=128")

@@ -132,20 +132,25 @@ def test_train_steps_applies_reference_gradients():
     assert_trees_close(nnx.state(model, nnx.Param), want, "parameters after one step")
 
 
+@pytest.mark.parametrize("augment", [train.Augment(), train.Augment(shift=2, noise=0.1)], ids=["plain", "augment"])
 @pytest.mark.parametrize("k", [4])
-def test_chunked_calls_equal_one_call_and_share_one_program(k: int):
+def test_chunked_calls_equal_one_call_and_share_one_program(k: int, augment: train.Augment):
     """``fit``'s chunks (one first step, then the rest; resumes; ``steps_per_call``) change nothing.
 
     Every chunking of an epoch gives the same losses, parameters and
     optimizer state as one call over the whole epoch, and all of them run the
-    one compiled program (``start``/``stop`` are traced, not shapes).
+    one compiled program (``start``/``stop`` are traced, not shapes). With
+    ``trainer.augment`` on, a step's draw depends on the epoch's key and the
+    step alone, so a resumed epoch trains on the batches an uninterrupted one would.
     """
+    key = jax.random.key_data(jax.random.key(7))
+    steps = functools.partial(train.train_steps, key=key, augment=augment)
     xs, ys = make_data(k * B + 5)
     perm = jnp.asarray(np.random.default_rng(2).permutation(k * B + 5)[: k * B].reshape(k, B).astype(np.int32))
     tx = optax.adam(0.01)
     whole = make_model()
     opt_whole = nnx.Optimizer(whole, tx, wrt=nnx.Param)
-    losses = np.asarray(train.train_steps(whole, opt_whole, xs, ys, perm, np.int32(0), np.int32(k)))
+    losses = np.asarray(steps(whole, opt_whole, xs, ys, perm, np.int32(0), np.int32(k)))
     assert losses.shape == (k,) and np.all(losses > 0)
 
     CompileStats.register()
@@ -156,9 +161,9 @@ def test_chunked_calls_equal_one_call_and_share_one_program(k: int):
         opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
         got = np.zeros(k, np.float32)
         if cuts[0][0] == 1:  # a resumed epoch: step 0 was run before the "restart"
-            got[:1] = np.asarray(train.train_steps(model, opt, xs, ys, perm, np.int32(0), np.int32(1)))[:1]
+            got[:1] = np.asarray(steps(model, opt, xs, ys, perm, np.int32(0), np.int32(1)))[:1]
         for start, stop in cuts:
-            out = np.asarray(train.train_steps(model, opt, xs, ys, perm, np.int32(start), np.int32(stop)))
+            out = np.asarray(steps(model, opt, xs, ys, perm, np.int32(start), np.int32(stop)))
             assert np.all(out[:start] == 0) and np.all(out[stop:] == 0), "only the steps asked for run"
             got[start:stop] = out[start:stop]
         np.testing.assert_allclose(got, losses, rtol=RTOL, atol=ATOL)

@@ -47,8 +47,7 @@ def validate(cfg: DictConfig) -> None:
             _check_target_node(group, group, node)
         else:
             _check_node(group, group, node, _fields_of(kind))
-    _check_node("trainer", "trainer.augment", _resolved(cfg, "trainer")["augment"], _fields_of(Augment),
-                " augment")
+    _check_node("trainer.augment", "trainer.augment", _resolved(cfg, "trainer")["augment"], _fields_of(Augment))
     optim = _resolved(cfg, "optim")
     _check_target_node("optim.optimizer", "optim.optimizer", optim["optimizer"])
     _check_target_node("optim.schedule", "optim.schedule", optim["schedule"])
