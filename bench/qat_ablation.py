@@ -7,7 +7,11 @@ seed, mean ± sd, and the change against ``finetune=plain`` of the same recipe
 and seed, with the fp32 accuracy of every seed.
 
     python -m snnexp -m experiment=mnist1d_recurrent sweep=qat_ablation
-    python bench/qat_ablation.py outputs/multirun/<date>/<time>
+    python bench/qat_ablation.py outputs/multirun/<date>/<time> [more sweep dirs]
+
+Several sweep directories (of the same experiment) make one table. A job's
+``mode.*`` overrides (``mode.quant_epochs=20``) join its fine-tuning label
+("plain, quant_epochs=20"): "vs plain" stays against the bare ``finetune=plain``.
 """
 
 from __future__ import annotations
@@ -24,21 +28,27 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ("plain", "schedule", "distill", "stages", "all")
 
 
-def jobs(sweep: Path) -> pd.DataFrame:
+def label(overrides: dict[str, str]) -> str:
+    """The fine-tuning label of a job: its ``finetune`` option, then its ``mode.*`` overrides."""
+    extra = [f"{k.removeprefix('mode.')}={v}" for k, v in sorted(overrides.items()) if k.startswith("mode.")]
+    return ", ".join([overrides.get("finetune", "plain"), *extra])
+
+
+def jobs(sweeps: list[Path]) -> pd.DataFrame:
     """One row per finished job: finetune, recipe, seed, fp32 and deployed accuracy, train time, fp32 reuse."""
     rows = []
-    for metrics_path in sorted(sweep.glob("*/metrics.json")):
+    for metrics_path in sorted(p for sweep in sweeps for p in sweep.glob("*/metrics.json")):
         m = json.loads(metrics_path.read_text())
         if m.get("status") != "ok":
             continue
         overrides = dict(o.split("=", 1) for o in yaml.safe_load(
             (metrics_path.parent / ".hydra" / "overrides.yaml").read_text()))
-        rows.append({"finetune": overrides.get("finetune", "plain"), "recipe": m["recipe"],
+        rows.append({"finetune": label(overrides), "recipe": m["recipe"],
                      "seed": int(overrides.get("seed", 0)), "fp32": 100 * m["fp32_accuracy"],
                      "quant": 100 * m["quant_accuracy"], "train_s": m["train_time_s"],
                      "fp32_reused": bool(m.get("fp32_reused"))})
     if not rows:
-        raise SystemExit(f"no finished job in {sweep}")
+        raise SystemExit(f"no finished job in {', '.join(map(str, sweeps))}")
     return pd.DataFrame(rows)
 
 
@@ -52,13 +62,17 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
                                                    delta=("delta", "mean"), train_s=("train_s", "mean"))
     out = per_seed.join(stats).reset_index()
     order = {o: i for i, o in enumerate(OPTIONS)}
-    return out.sort_values(["recipe", "finetune"], key=lambda c: c.map(order) if c.name == "finetune" else c)
+
+    def key(c: pd.Series) -> pd.Series:  # the options in OPTIONS order, each bare one before its variants
+        return c.map(lambda f: (order.get(f.split(", ")[0], len(order)), f)) if c.name == "finetune" else c
+
+    return out.sort_values(["recipe", "finetune"], key=key)
 
 
-def markdown(df: pd.DataFrame, t: pd.DataFrame, sweep: Path) -> str:
+def markdown(df: pd.DataFrame, t: pd.DataFrame, sweeps: list[Path]) -> str:
     fp32 = df.groupby("seed")["fp32"].first()
     seeds = [c for c in t.columns if c.startswith("seed ")]
-    lines = [f"QAT ablation of `{sweep}` ({len(df)} jobs; fp32 trained by "
+    lines = [f"QAT ablation of {', '.join(f'`{s}`' for s in sweeps)} ({len(df)} jobs; fp32 trained by "
              f"{int((~df.fp32_reused).sum())} of them, reused by the others): fp32 "
              + ", ".join(f"seed {s} {v:.1f} %" for s, v in fp32.items())
              + f" (mean {fp32.mean():.1f} %).", "",
@@ -77,12 +91,12 @@ def markdown(df: pd.DataFrame, t: pd.DataFrame, sweep: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep", type=Path, help="the sweep directory of a sweep=qat_ablation multirun")
+    p.add_argument("sweeps", type=Path, nargs="+", help="sweep directories (a sweep=qat_ablation multirun, ...)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = p.parse_args(argv)
-    df = jobs(a.sweep)
+    df = jobs(a.sweeps)
     t = table(df)
-    md = markdown(df, t, a.sweep)
+    md = markdown(df, t, a.sweeps)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "qat_ablation.json").write_text(json.dumps({
         "command": "python bench/qat_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
