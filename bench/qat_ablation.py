@@ -11,7 +11,8 @@ and seed, with the fp32 accuracy of every seed.
 
 Several sweep directories (of the same experiment) make one table. A job's
 ``mode.*`` overrides (``mode.quant_epochs=20``) join its fine-tuning label
-("plain, quant_epochs=20"): "vs plain" stays against the bare ``finetune=plain``.
+("plain, quant_epochs=20"); "vs plain" compares a job with ``finetune=plain``
+under the same ``mode.*`` overrides.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ("plain", "schedule", "distill", "stages", "all")
 
 
-def label(overrides: dict[str, str]) -> str:
-    """The fine-tuning label of a job: its ``finetune`` option, then its ``mode.*`` overrides."""
+def label(overrides: dict[str, str], option: str | None = None) -> str:
+    """The fine-tuning label of a job: its ``finetune`` option (or ``option``), then its ``mode.*`` overrides."""
     extra = [f"{k.removeprefix('mode.')}={v}" for k, v in sorted(overrides.items()) if k.startswith("mode.")]
-    return ", ".join([overrides.get("finetune", "plain"), *extra])
+    return ", ".join([option or overrides.get("finetune", "plain"), *extra])
 
 
 def jobs(sweeps: list[Path]) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def jobs(sweeps: list[Path]) -> pd.DataFrame:
             continue
         overrides = dict(o.split("=", 1) for o in yaml.safe_load(
             (metrics_path.parent / ".hydra" / "overrides.yaml").read_text()))
-        rows.append({"finetune": label(overrides), "recipe": m["recipe"],
+        rows.append({"finetune": label(overrides), "plain": label(overrides, "plain"), "recipe": m["recipe"],
                      "seed": int(overrides.get("seed", 0)), "fp32": 100 * m["fp32_accuracy"],
                      "quant": 100 * m["quant_accuracy"], "train_s": m["train_time_s"],
                      "fp32_reused": bool(m.get("fp32_reused"))})
@@ -54,8 +55,9 @@ def jobs(sweeps: list[Path]) -> pd.DataFrame:
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     """Per recipe x option: accuracy per seed, mean ± sd, and the mean change against ``plain``."""
-    base = df[df.finetune == "plain"].set_index(["recipe", "seed"])["quant"]
-    df = df.assign(delta=[q - base.get((r, s), float("nan")) for q, r, s in zip(df.quant, df.recipe, df.seed)])
+    base = df[df.finetune == df.plain].set_index(["recipe", "finetune", "seed"])["quant"]
+    df = df.assign(delta=[q - base.get((r, p, s), float("nan"))
+                          for q, r, p, s in zip(df.quant, df.recipe, df.plain, df.seed)])
     per_seed = df.pivot_table(index=["recipe", "finetune"], columns="seed", values="quant")
     per_seed.columns = [f"seed {s}" for s in per_seed.columns]
     stats = df.groupby(["recipe", "finetune"]).agg(mean=("quant", "mean"), sd=("quant", "std"),
@@ -80,12 +82,13 @@ def markdown(df: pd.DataFrame, t: pd.DataFrame, sweeps: list[Path]) -> str:
              "train s |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
     for _, r in t.iterrows():
         cells = " | ".join(f"{r[s]:.1f}" for s in seeds)
-        delta = "-" if r.finetune == "plain" else f"{r.delta:+.1f}"
+        delta = "-" if r.finetune.split(", ")[0] == "plain" else f"{r.delta:+.1f}"
         lines.append(f"| {r.recipe} | {r.finetune} | {cells} | {r['mean']:.1f} ± {r.sd:.1f} | {delta} | "
                      f"{r.train_s:.0f} |")
     lines += ["", "Deployed (integer-weight) test accuracy in %. `vs plain`: the mean over seeds of the change against "
-              "`finetune=plain` of the same recipe and seed. `train s`: what the job trained itself, so it includes "
-              "the fp32 phase in the jobs that trained the fp32 network for the others (the fp32 cache)."]
+              "`finetune=plain` of the same recipe, seed and `mode.*` overrides. `train s`: what the job trained "
+              "itself, so it includes the fp32 phase in the jobs that trained the fp32 network for the others "
+              "(the fp32 cache)."]
     return "\n".join(lines) + "\n"
 
 

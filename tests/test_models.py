@@ -19,7 +19,7 @@ import pytest
 import spyx
 from flax import nnx
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from snnexp import build, quant
 from snnexp.models import ConvSNN, RecurrentSNN
@@ -247,6 +247,23 @@ def test_ternary_recurrent_codes_are_bitnet():
     codes = np.asarray(q.rec[0].kernel.array.qvalue.astype(jnp.int32))
     np.testing.assert_array_equal(codes, np.clip(np.round(w / (np.abs(w).mean() + 1e-6)), -1, 1))
     assert {-1, 0, 1} == set(np.unique(codes))
+
+
+def test_w8in_ternary_keeps_the_input_layer_at_int8_and_ternarizes_the_rest():
+    """conf/quant/w8in_ternary.yaml: per-channel int8 codes on fc/0 (analog input), BitNet codes on every other."""
+    recipe = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "quant" / "w8in_ternary.yaml").rules)
+    model = small_rnn()
+    x = jnp.linspace(-1.0, 1.5, 2 * 3 * 6).reshape(2, 3, 6)  # analog currents
+    q = quant.quantize(model, quant.parse_recipe(recipe), "ptq", x)
+    assert q.analog_inputs == ("fc/0",)
+    w = kernel(model.fc[0])
+    scale = (np.max(np.abs(w), axis=0, keepdims=True) / np.float32(127.5)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(q.fc[0].kernel.array.qvalue.astype(jnp.int32)), np_codes(w, scale, 127))
+    for layer, qlayer in [(model.fc[1], q.fc[1]), (model.rec[0], q.rec[0]), (model.rec[1], q.rec[1]),
+                          (model.readout, q.readout)]:
+        w = kernel(layer)
+        np.testing.assert_array_equal(np.asarray(qlayer.kernel.array.qvalue.astype(jnp.int32)),
+                                      np.clip(np.round(w / (np.abs(w).mean() + 1e-6)), -1, 1))
 
 
 def test_qwix_confuses_a_square_recurrent_weight_with_a_batch_of_as_many_rows():
