@@ -358,6 +358,19 @@ def test_an_analog_run_deploys_and_reloads_with_its_input_layer_calibrated(mode,
 
 
 @pytest.mark.slow
+def test_a_w8in_ternary_run_deploys_an_int8_input_layer_and_ternary_codes_elsewhere(tmp_path):
+    cfg = make_cfg("debug=fast", "quant=w8in_ternary", "mode=qat", "data._target_=tests.test_qtypes.analog_synthetic")
+    metrics = run(cfg, tmp_path)
+    _, model = load_deployed(tmp_path)
+    assert model.analog_inputs == ("fc/0",)
+    first, *rest = [np.asarray(m.kernel.array.qvalue.astype(jnp.int32)) for m in [*model.fc, model.readout]]
+    assert set(np.abs(first).max(axis=0)) <= {127, 128}  # fc/0: int8, one absmax scale per output channel
+    assert rest and all(set(np.unique(c)) == {-1, 0, 1} for c in rest)  # fc/1.., readout: ternary
+    data = build.data(cfg)
+    assert evaluate(model, Arrays.put(data), cfg.trainer.eval_batch_size)["accuracy"] == metrics["quant_accuracy"]
+
+
+@pytest.mark.slow
 def test_a_binary_run_keeps_the_spike_range_on_its_input_layer(tmp_path):
     cfg = make_cfg("debug=fast", "quant=w8a8", "mode=srq")
     assert quant.is_spike_train(build.data(cfg).x_train)
