@@ -29,6 +29,7 @@ from snnexp.data import Dataset
 from snnexp.errors import ConfigError
 from snnexp.hardware import Profile, from_config
 from snnexp.hardware.integer import IntegerNetwork
+from snnexp.hardware.qat import grid_qtypes
 from snnexp.train.fp32_cache import Fp32Cache
 from snnexp.train.loop import LoopSettings
 from snnexp.train.pipelines import parse_stages
@@ -236,6 +237,8 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     if profile.integer:  # the neuron, model and recipe must have an integer form, before any compute
         dry = quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
         IntegerNetwork.from_deployed(dry, rules, profile, np.asarray(sample))
+        if cfg.mode.name in ("qat", "qt"):  # fine-tuned on the integer grid
+            grid_qtypes(net, rules)
     else:  # the same check, traced only: no eager op compiles (seconds of a cold start)
         nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", sample), net)
     return net, sample

@@ -70,12 +70,53 @@ def test_a_bad_profile_is_refused_naming_the_value(override, says, tmp_path):
     ("neuron=alif", "ALIF"),
     ("quant=fp32", "integer weights"),
     ("quant=w8a8 quant.rules.0.tile_size=8 model.hidden=[32]", "tiled"),
+    ("quant=w8in_ternary model=recurrent model.hidden=[24]", "fc/0 is int8 and rec/0 is ternary"),
 ])
 def test_a_network_without_integer_form_is_refused_before_compute(override, says, tmp_path):
     cfg = make_cfg("hardware=int", "logger=none", "debug=fast", *override.split())
     with pytest.raises(HardwareError, match=says):
         run(cfg, tmp_path)
     assert not (tmp_path / "checkpoints" / "fp32").exists()
+
+
+def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
+    """quant=w8in_ternary on a recurrent layer (int8 ``fc/0`` of analog inputs, ternary ``rec/0``): the ternary
+    matrix must enter exactly (re-rounding +-1 codes would make it up to 2x too strong: 87 % -> 37 % on MNIST-1D),
+    the int8 one within half of its step, against the dequantized network (codes x scales) as NIR exports it."""
+    from snnexp import quant
+    from snnexp.export import nir_graph
+
+    cfg = make_cfg("data=mnist1d", "model=recurrent", "model.hidden=[32]", "quant=w8in_ternary", "logger=none")
+    data = build.data(cfg)
+    x_train = np.asarray(data.x_train)
+    deployed = quant.quantize(build.model(cfg, data.features, data.n_classes), build.rules(cfg), "ptq",
+                              jnp.asarray(x_train[:1]))
+    net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), profile("int"), x_train)
+    dq = nir_graph.dequantized_model(cfg, deployed)
+    layer = net.layers[0]
+    unit = layer.unit.astype(np.float64)
+    rec = (layer.recurrent.astype(np.int64) << layer.recurrent_shift) * unit
+    assert set(np.unique(layer.recurrent)) <= {-1, 0, 1} and layer.recurrent_shift.max() >= 4
+    np.testing.assert_allclose(rec, np.asarray(dq.rec[0].kernel[...]), rtol=1e-6)
+    step = unit * 2.0**layer.weight_shift / net.input_scale  # one re-rounded fc/0 code, in weight units
+    err = np.abs((layer.weight << layer.weight_shift) * unit / net.input_scale - np.asarray(dq.fc[0].kernel[...]))
+    assert np.all(err <= 0.5 * step * (1 + 1e-5))
+    assert net.threshold_clipped == 0
+
+
+def test_a_unit_below_the_threshold_range_is_raised_not_the_threshold_clipped():
+    """A neuron whose input codes are worth far less than ``theta / (2**threshold_bits - 1)`` takes that unit;
+    its codes are re-rounded down onto it, so ``round(theta / unit)`` fits and nothing is clipped."""
+    p = profile("int")
+    floor = integer.unit_floor(1.0, p)
+    codes = np.array([[127, -127, 64]], np.int32)
+    worth = np.array([1e-7, 1.0 / 1000, 1e-6], np.float32)
+    (out,), unit, (shift,) = integer.share_unit([codes], [worth], ["int8"], per_neuron=True, floor=floor)
+    np.testing.assert_array_equal(unit, np.maximum(worth, floor))
+    assert np.all(np.rint(1.0 / unit) <= 2**p.threshold_bits - 1) and not shift.any()
+    expected = np.rint(codes[0].astype(np.float64) * worth / np.maximum(worth, floor))  # 127 * 1e-7 / floor
+    np.testing.assert_array_equal(out[0], expected.astype(np.int32))
+    assert out[0][0] == round(127 * 1e-7 * (2**15 - 1)) and out[0][1] == -127
 
 
 # ------------------------------------------------------------------ arithmetic

@@ -200,7 +200,8 @@ class IntegerNetwork:
             worth = [s[1].astype(np.float32) * np.float32(in_scale if i == 0 and k == 0 else 1.0)
                      for k, s in enumerate(srcs)]  # float32 products, as the QAT grid computes them
             qtype = srcs[0][2]
-            codes, unit, shifts = share_unit([s[0] for s in srcs], worth, qtype, per_neuron=True)
+            codes, unit, shifts = share_unit([s[0] for s in srcs], worth, [s[2] for s in srcs], per_neuron=True,
+                                             floor=unit_floor(float(neuron.threshold), profile))
             theta, n_clip = _threshold(float(neuron.threshold), unit, profile)
             clipped += n_clip
             layers.append(IntLayer(
@@ -211,7 +212,7 @@ class IntegerNetwork:
                 alpha=_decay(neuron, "alpha", kind == "cuba_lif", profile),
             ))
         r_codes, r_scale, qtype = source("readout")
-        codes, unit, shifts = share_unit([r_codes], [r_scale], qtype, per_neuron=False)
+        codes, unit, shifts = share_unit([r_codes], [r_scale], [qtype], per_neuron=False)
         n_out = codes[0].shape[1]
         li_beta = np.broadcast_to(np.asarray(deployed.li.beta[...], np.float64), (n_out,))
         layers.append(IntLayer(
@@ -314,20 +315,41 @@ def input_coding(x_train: np.ndarray | jax.Array, profile: Profile) -> tuple[boo
     return False, absmax / (2 ** (profile.input_bits - 1) - 1) if absmax > 0 else 1.0
 
 
-def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtype: str, *, per_neuron: bool
+def unit_floor(theta: float, profile: Profile) -> np.float32:
+    """The finest unit whose threshold ``round(theta / unit)`` still fits ``threshold_bits`` (float32).
+
+    A neuron whose finest worth is below it (an input weight far smaller than
+    its threshold, as the int8 input layer of ``quant=w8in_ternary`` gives)
+    takes this unit instead, its finer codes re-rounded down onto it, rather
+    than a clipped threshold that fires it far too often.
+    """
+    return np.float32(theta) / np.float32(2**profile.threshold_bits - 1)
+
+
+def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes: Sequence[str], *,
+               per_neuron: bool, floor: np.float32 | None = None
                ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """One unit per neuron (or per layer) for the matrices that feed the same neurons.
 
-    The unit is the finest worth; a coarser matrix's sum enters shifted left
-    by ``k = ceil(log2(worth / unit) - 1e-4)`` bits (per neuron), its codes re-rounded
-    by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]`` (1: the
-    codes are unchanged, as for a layer fed by one matrix).
+    The unit is the finest worth, at least ``floor``; a coarser matrix's sum enters
+    shifted left by ``k = ceil(log2(worth / unit) - 1e-4)`` bits (per neuron), its
+    codes re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
+    (1: the codes are unchanged, as for a layer fed by one matrix); a matrix finer
+    than a floored unit keeps ``k = 0`` and its codes are re-rounded by ``worth / unit < 1``.
+
+    Matrices of different qtypes (``quant=w8in_ternary``: int8 ``fc/0``, ternary
+    ``rec/0``): re-rounding ternary codes by a factor in ``(0.5, 1]`` would round
+    every one back to +-1 and make the matrix up to 2x too strong, so the unit is
+    raised until the matrix of the fewest code bits enters by an exact power of two
+    (``unit = worth / 2**(k-1)``, codes unchanged) and the finer-coded matrix is
+    re-rounded instead (by a factor in ``(0.5, 1]``: under one bit of its resolution).
 
     Args:
         codes: integer codes ``[n_in, H]`` per matrix.
         worth: the float value of one code of each matrix, per neuron ``[H]``.
-        qtype: the codes' qtype (their range).
+        qtypes: each matrix's qtype (its code range).
         per_neuron: one unit per neuron, or one for the whole layer (the readout).
+        floor: the smallest unit (``unit_floor``; ``None``: no floor).
 
     Returns:
         ``(codes, unit [H], shifts)``: re-rounded codes and a shift ``[H]`` (int32) per matrix.
@@ -338,9 +360,15 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtype: 
     if not per_neuron:
         unit = np.full_like(unit, np.min(unit))
     unit = np.where(np.isfinite(unit), unit, np.float32(1.0)).astype(np.float32)
-    lo, hi = code_range(qtype)
+    if floor is not None:
+        unit = np.maximum(unit, np.float32(floor))
+    if len(set(qtypes)) > 1:  # keep the coarsest-coded matrix exact: it enters by a power of two
+        w = worth[int(np.argmin([code_bits(q) for q in qtypes]))]
+        k = np.ceil(np.log2(np.where(w > 0, w / unit, np.float32(1.0))) - np.float32(SHIFT_TOLERANCE))
+        unit = np.where(k >= 1, w / np.exp2(k - 1).astype(np.float32), unit).astype(np.float32)
     out, shifts = [], []
-    for c, w in zip(codes, worth, strict=True):
+    for c, w, qtype in zip(codes, worth, qtypes, strict=True):
+        lo, hi = code_range(qtype)
         ratio = np.where(w > 0, w / unit, np.float32(1.0)).astype(np.float32)
         k = np.maximum(np.ceil(np.log2(ratio) - np.float32(SHIFT_TOLERANCE)), 0).astype(np.int32)
         factor = (ratio / np.exp2(k).astype(np.float32)).astype(np.float32)

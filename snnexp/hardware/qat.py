@@ -29,8 +29,9 @@ from snnexp.hardware.integer import (
     code_range,
     neuron_kind,
     simulate,
+    unit_floor,
 )
-from snnexp.hardware.profiles import Profile
+from snnexp.hardware.profiles import HardwareError, Profile
 from snnexp.quant import ternarize, unquantized_matmul
 
 
@@ -68,6 +69,26 @@ def decay_code(beta: jax.Array, profile: Profile) -> jax.Array:
         return jnp.clip(ste_round(beta * 2.0**k), 0, 2**k)
     dash = jax.lax.stop_gradient(jnp.round(-jnp.log2(jnp.maximum(1.0 - beta, 1e-12))))
     return jnp.clip(dash, 1, 2**k - 1)
+
+
+def grid_qtypes(model: nnx.Module, rules: Any) -> tuple[str | None, ...]:
+    """The weight qtype per layer of ``IntegerGrid`` (``fc/i`` of each hidden layer, then ``readout``).
+
+    Raises:
+        HardwareError: a recurrent layer whose ``rec/i`` has another qtype than its
+            ``fc/i`` (``quant=w8in_ternary``): the grid shares one qtype per layer. Train
+            such a recipe with ``hardware=float`` and map it with ``snnexp.export --hardware``.
+    """
+    from snnexp import metrics
+
+    n = len(model.neurons)
+    for i in range(n if hasattr(model, "rec") else 0):
+        fc, rec = metrics.qtype_of(f"fc/{i}", rules), metrics.qtype_of(f"rec/{i}", rules)
+        if fc != rec:
+            raise HardwareError(f"integer-state QAT/QT shares one weight qtype per layer; fc/{i} is {fc} and "
+                                f"rec/{i} is {rec}: train with hardware=float and map the run with "
+                                "python -m snnexp.export RUN_DIR --hardware int")
+    return tuple(metrics.qtype_of(p, rules) for p in [*(f"fc/{i}" for i in range(n)), "readout"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +131,8 @@ class IntegerGrid:
     def layers(self, m: nnx.Module) -> list[tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]]:
         """Per layer ``(unit [H], [(codes on the unit, shift [H]) per matrix])``, as ``share_unit`` maps them.
 
-        The unit is the finest worth (the readout's one value for all classes);
+        The unit is the finest worth, at least ``unit_floor`` in a hidden layer
+        (the readout's one value for all classes);
         a coarser matrix enters shifted left by ``ceil(log2(worth / unit))``,
         its codes re-rounded by the rest (straight-through).
         """
@@ -121,7 +143,10 @@ class IntegerGrid:
             unit = jnp.min(worth, axis=0)
             if i == len(sources) - 1:
                 unit = jnp.broadcast_to(jnp.min(unit), unit.shape)
-            unit = jax.lax.stop_gradient(jnp.where(jnp.isfinite(unit), unit, 1.0))
+            unit = jnp.where(jnp.isfinite(unit), unit, 1.0)
+            if i < len(sources) - 1:  # a hidden layer: its threshold fits threshold_bits
+                unit = jnp.maximum(unit, unit_floor(float(m.neurons[i].threshold), self.profile))
+            unit = jax.lax.stop_gradient(unit)
             lo, hi = code_range(self.qtypes[i])
             mats = []
             for codes, w in layer:

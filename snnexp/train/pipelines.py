@@ -33,7 +33,7 @@ from snnexp import checkpoint, confdir, metrics, quant
 from snnexp.errors import ConfigError
 from snnexp.export import sidecar
 from snnexp.hardware import Profile, integer
-from snnexp.hardware.qat import IntegerGrid, spike_agreement
+from snnexp.hardware.qat import IntegerGrid, grid_qtypes, spike_agreement
 from snnexp.rundir import RunDir
 from snnexp.train import fp32_cache
 from snnexp.train.fp32_cache import Fp32Cache
@@ -392,9 +392,8 @@ def training_model(mode: Literal["fp32", "qat", "qt"], model: nnx.Module, rules:
     qmodel = quant.quantize(model, rules, mode, sample, bwd_qtype=bwd_qtype if mode == "qt" else None)
     if hardware is None or not hardware.integer:
         return qmodel
-    paths = [f"fc/{i}" for i in range(len(model.neurons))] + ["readout"]
     binary, scale = integer.input_coding(x_train, hardware)
-    qmodel.integer_grid = IntegerGrid(hardware, tuple(metrics.qtype_of(p, rules) for p in paths), binary, scale)
+    qmodel.integer_grid = IntegerGrid(hardware, grid_qtypes(model, rules), binary, scale)
     return qmodel
 
 
