@@ -319,8 +319,8 @@ def unit_floor(theta: float, profile: Profile) -> np.float32:
     """The finest unit whose threshold ``round(theta / unit)`` still fits ``threshold_bits`` (float32).
 
     A neuron whose finest worth is below it (an input weight far smaller than
-    its threshold, as the int8 input layer of ``quant=w8in_ternary`` gives)
-    takes this unit instead, its finer codes re-rounded down onto it, rather
+    its threshold: per-channel int8 codes of a 1-channel input, MNIST-1D's,
+    give some neurons a worth of ~1e-7) takes this unit instead, its finer codes re-rounded down onto it, rather
     than a clipped threshold that fires it far too often.
     """
     return np.float32(theta) / np.float32(2**profile.threshold_bits - 1)
