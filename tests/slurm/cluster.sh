@@ -53,6 +53,9 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=cred_expire=10
 StateSaveLocation=$DIR/ctld
+# Job ids must not repeat ones the accounting database (which outlives $DIR/ctld) already holds: sacct -j N
+# returns every job N ever had, and submitit read an old "N COMPLETED" as the end of a requeued job N.
+FirstJobId=$(( $(date +%s) % 50000000 + 1000 ))
 SlurmdSpoolDir=$DIR/slurmd
 SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd.pid
