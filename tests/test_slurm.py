@@ -41,8 +41,10 @@ pytestmark = [
 # ~0.5 s an epoch on 2 cores, a checkpoint after each: long enough to be stopped in the middle.
 MEDIUM = ["data.steps=64", "model.hidden=[384]", "trainer.steps_per_call=2", "trainer.epochs=10", "quant=w8a8",
           "mode=ptq"]
-# ~50 s of training: longer than what a job with timeout_min=1 does before its SIGUSR2.
-LONG = [*MEDIUM[:-3], "trainer.epochs=80", "quant=w8a8", "mode=ptq"]
+# ~90 s of training (~0.45 s an epoch): longer than a job with timeout_min=1 runs before its SIGUSR2
+# (25 to 55 s in). 80 epochs (~50 s) finished before a late signal on quiet cores, and the
+# max_num_timeout=0 job then ended ok.
+LONG = [*MEDIUM[:-3], "trainer.epochs=200", "quant=w8a8", "mode=ptq"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
          "hydra.launcher.timeout_min=10"]
 # wall-clock and compilation counts differ between processes; everything else must not
@@ -275,6 +277,6 @@ def test_a_time_limit_requeues_and_resumes_and_an_exhausted_budget_fails_in_one_
     assert where, log[-3000:]
     assert "timed-out" in log and "Requeued job" in log
     assert not list((tmp_path / "retried" / "0").rglob("*tmp*"))
-    figure(f"time limit 1 min, 80-epoch job: {took:.1f} s, {len(where)} requeue(s), "
+    figure(f"time limit 1 min, 200-epoch job: {took:.1f} s, {len(where)} requeue(s), "
            f"{', '.join(where)}; metrics and history equal; max_num_timeout=0: failed in one line after "
            f"{t_exhausted:.1f} s, no tmp checkpoint")
