@@ -30,6 +30,7 @@ from snnexp.errors import ConfigError
 from snnexp.hardware import Profile, from_config
 from snnexp.hardware.integer import IntegerNetwork
 from snnexp.hardware.qat import grid_qtypes
+from snnexp.models import FeedForwardSNN
 from snnexp.train.fp32_cache import Fp32Cache
 from snnexp.train.loop import LoopSettings
 from snnexp.train.pipelines import parse_stages
@@ -160,7 +161,8 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= {low}")
     aug = t.get("augment") or {}
     return LoopSettings(t.batch_size, t.eval_batch_size, t.steps_per_call, t.checkpoint_every, int(cfg.seed),
-                        Augment(shift=int(aug.get("shift", 0)), noise=float(aug.get("noise", 0.0))))
+                        Augment(shift=int(aug.get("shift", 0)), noise=float(aug.get("noise", 0.0)),
+                                dropout=float(aug.get("dropout", 0.0))))
 
 
 def hardware(cfg: DictConfig) -> Profile:
@@ -229,6 +231,7 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
         ``(model, sample)``: the float network and one input ``[1, T, F]``.
     """
     net = model(cfg, data.features, data.n_classes)
+    check_dropout(cfg, net, settings.augment.dropout)
     bs, ebs, t = settings.batch_size, settings.eval_batch_size, data.steps
     quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
     # analog if any input is: quant.quantize decides from it whether the input layer is fed spikes
@@ -242,6 +245,24 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     else:  # the same check, traced only: no eager op compiles (seconds of a cold start)
         nnx.eval_shape(lambda m: quant.quantize(m, rules, "ptq", sample), net)
     return net, sample
+
+
+def check_dropout(cfg: DictConfig, net: nnx.Module, rate: float) -> None:
+    """Refuses ``trainer.augment.dropout`` where it would not apply, before any compute.
+
+    Raises:
+        ConfigError: dropout on a model without it (``model=conv``), or on the
+            integer grid of QAT/QT for an integer profile (which trains without it).
+    """
+    if rate <= 0.0:
+        return
+    if not isinstance(net, FeedForwardSNN):
+        raise ConfigError(f"trainer.augment.dropout={rate!r}: {type(net).__name__} has no dropout; valid "
+                          "choices: model=feedforward or model=recurrent, or trainer.augment.dropout=0")
+    if hardware(cfg).integer and cfg.mode.name in ("qat", "qt"):
+        raise ConfigError(f"trainer.augment.dropout={rate!r}: hardware={cfg.hardware.name} with mode="
+                          f"{cfg.mode.name} fine-tunes on the integer grid, which has no dropout; use "
+                          "trainer.augment.dropout=0 or hardware=float")
 
 
 def fp32_cache(cfg: DictConfig, resolved: dict) -> Fp32Cache | None:

@@ -66,7 +66,7 @@ def test_augmented_training_is_reproducible_and_differs_from_plain_training(tmp_
         rows = [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
         return [r[k] for r in rows for k in r if k.endswith("/train_loss")]
 
-    aug = ["trainer.augment.shift=2", "trainer.augment.noise=0.2"]
+    aug = ["trainer.augment.shift=2", "trainer.augment.noise=0.2", "trainer.augment.dropout=0.2"]
     plain, first, again = train_losses("plain"), train_losses("aug", *aug), train_losses("again", *aug)
     assert len(plain) == len(first) >= 2
     assert first == again, "the same seed draws the same augmentation"
@@ -100,10 +100,14 @@ def test_fp32_checkpoint_skips_training_and_gives_the_same_fp32_accuracy(tmp_pat
         ("quant.rules.0.module_path=.*Linear.*", "matched no layer; layers with weights: \\['fc/0'"),
         ("trainer.batch_size=0", "trainer.batch_size=0 must be an integer >= 1"),
         ("mode.fp32_checkpoint=/no/such/ckpt", "'/no/such/ckpt' does not exist"),
+        ("trainer.augment.dropout=1.0", "trainer.augment.dropout=1.0.*\\[0, 1\\)"),
+        ("model=conv model.hidden=[4] model.image=[2,4,4] data.features=32 trainer.augment.dropout=0.2",
+         "ConvSNN has no dropout; valid choices: model=feedforward or model=recurrent"),
+        ("hardware=int trainer.augment.dropout=0.2", "integer grid, which has no dropout"),
     ],
 )
 def test_bad_config_fails_before_training(override, match, tmp_path):
-    cfg = make_cfg("debug=fast", "quant=w8a8", "mode=qat", override)
+    cfg = make_cfg("debug=fast", "quant=w8a8", "mode=qat", *override.split())
     with pytest.raises((quant.RecipeError, ConfigError), match=match):
         run(cfg, tmp_path)
     assert not (tmp_path / "history.jsonl").exists()  # no epoch ran

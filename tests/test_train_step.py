@@ -22,7 +22,8 @@ from flax import nnx
 
 from snnexp import train
 from snnexp.compile_stats import CompileStats
-from snnexp.models import FeedForwardSNN
+from snnexp.models import FeedForwardSNN, RecurrentSNN
+from snnexp.models.time_loop import dropout_masks
 
 B, T, F, C = 6, 9, 12, 5
 HIDDEN = [16, 10]  # two hidden layers: fc/1 runs inside the time scan
@@ -132,7 +133,8 @@ def test_train_steps_applies_reference_gradients():
     assert_trees_close(nnx.state(model, nnx.Param), want, "parameters after one step")
 
 
-@pytest.mark.parametrize("augment", [train.Augment(), train.Augment(shift=2, noise=0.1)], ids=["plain", "augment"])
+@pytest.mark.parametrize("augment", [train.Augment(), train.Augment(shift=2, noise=0.1), train.Augment(dropout=0.3)],
+                         ids=["plain", "augment", "dropout"])
 @pytest.mark.parametrize("k", [4])
 def test_chunked_calls_equal_one_call_and_share_one_program(k: int, augment: train.Augment):
     """``fit``'s chunks (one first step, then the rest; resumes; ``steps_per_call``) change nothing.
@@ -209,3 +211,64 @@ def test_augment_shifts_each_sample_within_range_zero_fills_and_leaves_off_untou
     assert np.array_equal(out, again) and not np.array_equal(out, other), "(key, step) decides the draw"
     noisy = np.asarray(train.augment_batch(x, key, 5, train.Augment(noise=0.2))) - np.asarray(x)
     assert abs(noisy.std() - 0.2) < 0.03 and abs(noisy.mean()) < 0.03
+
+
+def test_dropout_masks_drop_at_the_rate_scale_the_kept_and_hold_over_time():
+    key = jax.random.key_data(jax.random.key(4))
+    keep = dropout_masks(key, 0.25, 64, [200, 30], jnp.float32, T)
+    assert [k.shape for k in keep] == [(T, 64, 200), (T, 64, 30)]
+    for k in keep:
+        k = np.asarray(k)
+        assert set(np.unique(k)) <= {0.0, np.float32(1 / 0.75)}
+        assert np.all(k == k[:1]), "one mask per sequence and neuron, the same at every step"
+    assert abs(float(np.mean(np.asarray(keep[0]) == 0)) - 0.25) < 0.02
+    assert not np.array_equal(keep[0][0, :, :30], keep[1][0]), "each layer draws its own mask"
+    with pytest.raises(ValueError, match="dropout=1.0 must be in"):
+        dropout_masks(key, 1.0, 2, [3], jnp.float32, T)
+
+
+def test_dropout_equals_the_network_with_the_dropped_neurons_outgoing_weights_zeroed():
+    """One sequence: dropping layer i's spikes (the kept ones times 1/(1-p)) is the network whose next
+    matrix has those rows zeroed and the others scaled, computed one step at a time by ``reference_forward``."""
+    model = make_model()
+    x, _ = make_data(1)
+    key = jax.random.key_data(jax.random.key(9))
+    readout, rates = model(x, dropout=0.4, key=key)
+    keep = [np.asarray(k[0, 0]) for k in dropout_masks(key, 0.4, 1, HIDDEN, jnp.float32, T)]
+    assert 0 < np.count_nonzero(keep[0]) < HIDDEN[0]
+    ref = make_model()
+    ref.fc[1].kernel[...] = ref.fc[1].kernel[...] * keep[0][:, None]
+    ref.readout.kernel[...] = ref.readout.kernel[...] * keep[1][:, None]
+    want, want_rates = reference_forward(ref, x)
+    np.testing.assert_allclose(np.asarray(readout), np.asarray(want), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(rates), np.asarray(want_rates), rtol=RTOL, atol=ATOL)
+    plain, plain_rates = model(x)
+    assert not np.allclose(np.asarray(plain), np.asarray(readout))
+    np.testing.assert_array_equal(np.asarray(rates)[..., 0], np.asarray(plain_rates)[..., 0])
+
+
+def test_dropout_leaves_a_recurrent_layers_own_feedback_alone():
+    """Dropout acts on what the next layer sees: layer 0 of a recurrent network fires exactly as without it."""
+    model = RecurrentSNN(F, HIDDEN, C, NEURON, readout_beta=0.9, rec_gain=2.0, rngs=nnx.Rngs(0))
+    x, _ = make_data(4)
+    _, plain = model(x)
+    _, dropped = model(x, dropout=0.5, key=jax.random.key_data(jax.random.key(1)))
+    np.testing.assert_array_equal(np.asarray(dropped)[..., 0], np.asarray(plain)[..., 0])
+    assert not np.array_equal(np.asarray(dropped)[..., 1], np.asarray(plain)[..., 1])
+
+
+def test_training_with_dropout_differs_from_plain_and_is_fixed_by_the_key():
+    xs, ys = make_data(2 * B)
+    perm = jnp.arange(2 * B, dtype=jnp.int32).reshape(2, B)
+    key = jax.random.key_data(jax.random.key(7))
+
+    def losses(augment: train.Augment, key=key) -> np.ndarray:
+        model = make_model()
+        opt = nnx.Optimizer(model, optax.adam(0.01), wrt=nnx.Param)
+        return np.asarray(train.train_steps(model, opt, xs, ys, perm, np.int32(0), np.int32(2), key, augment))
+
+    drop = train.Augment(dropout=0.5)
+    first, again = losses(drop), losses(drop)
+    other = losses(drop, jax.random.key_data(jax.random.key(8)))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, losses(train.Augment())) and not np.allclose(first, other)

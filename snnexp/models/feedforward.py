@@ -15,7 +15,15 @@ from flax import nnx
 from spyx.nn import LI
 
 from snnexp.models.decays import parameterise_decays
-from snnexp.models.time_loop import NeuronFactory, TimeLoop, check_loop, check_readout, li_readout, run_time
+from snnexp.models.time_loop import (
+    NeuronFactory,
+    TimeLoop,
+    check_loop,
+    check_readout,
+    dropout_masks,
+    li_readout,
+    run_time,
+)
 
 
 class FeedForwardSNN(nnx.Module):
@@ -87,33 +95,43 @@ class FeedForwardSNN(nnx.Module):
 
         Args:
             state: one neuron state per hidden layer, each ``[B, ...]``.
-            cur: input current of the first hidden layer, ``[B, H0]``.
+            cur: input current of the first hidden layer, ``[B, H0]``, or ``(current, keep)`` with
+                ``keep[i] [B, H_i]`` the dropout mask (0 or ``1 / (1 - rate)``) of layer ``i``'s spikes.
 
         Returns:
             ``(new_state, (spikes_last [B, H_last], rates [B, L]))`` where
             ``rates[:, i]`` is the fraction of layer ``i`` that spiked.
         """
+        x, keep = cur if isinstance(cur, tuple) else (cur, None)
         new_state, rates = [], []
-        x = cur
         for i, neuron in enumerate(self.neurons):
             if i > 0:
                 x = self.fc[i](x)
             x, s = neuron(self._current(i, x, state[i]), state[i])
             new_state.append(s)
             rates.append(jnp.mean(x, axis=-1))
+            if keep is not None:  # dropout: what the next layer (or the readout) sees; the feedback is the state's
+                x = x * keep[i]
         return new_state, (x, jnp.stack(rates, axis=-1))
 
     def _current(self, i: int, x: jax.Array, state_i: Any) -> jax.Array:
         """Input current of hidden layer ``i``: its feed-forward drive ``x [B, H_i]`` alone."""
         return x
 
-    def __call__(self, x: jax.Array, *, loop: TimeLoop = "scan") -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, *, loop: TimeLoop = "scan", dropout: float = 0.0,
+                 key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Runs the network over a whole sequence.
 
         Args:
             x: inputs ``[B, T, n_in]``.
             loop: ``"scan"`` (training, evaluation), ``"unrolled"`` (qwix's
                 first call), ``"carry"`` (static-range calibration).
+            dropout: training only: the rate at which each hidden layer's spikes are
+                dropped on their way to the next layer and the readout, one mask per
+                sequence and neuron for all steps (variational dropout; Gal & Ghahramani
+                2016), the kept ones scaled by ``1 / (1 - rate)``. The recurrent feedback
+                and the spike rates are those of the neurons themselves.
+            key: the PRNG key of the masks (needed when ``dropout > 0``).
 
         Returns:
             ``(readout [B, T, n_out], rates [B, T, L])``: the LI membrane per
@@ -121,10 +139,14 @@ class FeedForwardSNN(nnx.Module):
         """
         check_loop(loop)
         if getattr(self, "integer_grid", None) is not None:  # QAT/QT for an integer profile (snnexp.hardware.qat)
+            if dropout > 0.0:
+                raise ValueError(f"dropout={dropout!r}: the integer grid (snnexp.hardware.qat) trains without dropout")
             return self.integer_grid(self, x)
         b, t, n_in = x.shape
         cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
         cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]
         state = [n.initial_state(b) for n in self.neurons]
+        if dropout > 0.0:
+            cur = (cur, dropout_masks(key, dropout, b, self.layer_sizes()[1:-1], cur.dtype, t))
         spikes, rates = run_time(self, self._step, state, cur, loop)
         return li_readout(self.readout, self.li, spikes), jnp.swapaxes(rates, 0, 1)

@@ -1,4 +1,4 @@
-"""What every model shares: the three ways to run its time steps, and the LI readout.
+"""What every model shares: the three ways to run its time steps, the LI readout, dropout masks.
 
 ``TimeLoop`` names them (see ``snnexp.models``): ``scan`` for training and
 evaluation, ``unrolled`` for qwix's first call, ``carry`` for static-range
@@ -7,8 +7,8 @@ calibration (the only loop in which qwix's ``QuantStat`` updates).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -102,3 +102,30 @@ def li_readout(readout: nnx.Linear, li: LI, spikes: jax.Array) -> jax.Array:
     return jnp.swapaxes(out, 0, 1)
 
 
+
+
+def dropout_masks(key: jax.Array | None, rate: float, batch: int, widths: Sequence[int], dtype: Any,
+                  steps: int) -> tuple[jax.Array, ...]:
+    """Variational dropout masks of the hidden spikes: one per sequence and neuron, the same at every step.
+
+    Args:
+        key: the PRNG key (one per training step).
+        rate: the fraction dropped, in ``[0, 1)``.
+        batch: ``B``; widths: ``H_i`` of each hidden layer; dtype: the spikes' dtype.
+        steps: ``T``, the masks' leading axis (``run_time`` scans over it).
+
+    Returns:
+        ``keep[i] [T, B, H_i]``: 0 where a spike is dropped, ``1 / (1 - rate)`` where it is kept.
+
+    Raises:
+        ValueError: ``rate`` outside ``[0, 1)`` or no ``key``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout={rate!r} must be in [0, 1)")
+    if key is None:
+        raise ValueError(f"dropout={rate!r} needs a PRNG key; none was given")
+    keep = []
+    for i, h in enumerate(widths):
+        kept = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate, (batch, h))
+        keep.append(jnp.broadcast_to(kept.astype(dtype) / (1.0 - rate), (steps, batch, h)))
+    return tuple(keep)

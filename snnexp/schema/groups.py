@@ -301,6 +301,7 @@ class Augment:
 
     shift: int = spec(at_least(0))
     noise: float = spec(at_least(0.0, "a number"))
+    dropout: float = spec(within(0.0, 1.0, open_high=True))
 
 
 @dataclass

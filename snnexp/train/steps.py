@@ -19,17 +19,32 @@ from snnexp.models.time_loop import readout_logits
 
 @dataclass(frozen=True)
 class Augment:
-    """Random transforms of each training batch (``trainer.augment``); the evaluation never sees them.
+    """The randomness of training alone (``trainer.augment``); the evaluation never sees it.
 
-    A static argument of the jitted steps: with both off the steps compile
+    Transforms of each training batch, and dropout on the hidden spikes. A
+    static argument of the jitted steps: with all off the steps compile
     exactly what they did without it.
     """
 
     shift: int = 0  # each sample moves by s ~ U{-shift .. shift} time steps, the steps it leaves zero-filled
     noise: float = 0.0  # standard deviation of Gaussian noise added to every input value
+    dropout: float = 0.0  # rate of dropout on each hidden layer's spikes (one mask per sequence)
 
     def __bool__(self) -> bool:
-        return self.shift > 0 or self.noise > 0.0
+        return self.shift > 0 or self.noise > 0.0 or self.dropout > 0.0
+
+
+_DROPOUT_STREAM = 1 << 30  # folded into a step's key for the dropout masks; the batch transforms split it
+
+
+def dropout_key(key: jax.Array | None, k: jax.Array, augment: Augment) -> jax.Array | None:
+    """Step ``k``'s dropout key, a stream of the epoch's key apart from the batch transforms' (``None``: no dropout)."""
+    if augment.dropout <= 0.0:
+        return None
+    if key is None:
+        raise ValueError(f"trainer.augment={augment} needs the epoch's PRNG key; none was given")
+    return jax.random.fold_in(jax.random.fold_in(key, k), _DROPOUT_STREAM)
+
 
 
 NO_AUGMENT = Augment()
@@ -45,7 +60,7 @@ def augment_batch(x: jax.Array, key: jax.Array | None, k: jax.Array, augment: Au
     where ``t - s`` falls outside ``0 .. T-1`` (0 is the mean of an
     encoded analog input and "no spike" for a spike train).
     """
-    if not augment:
+    if augment.shift <= 0 and augment.noise <= 0.0:
         return x
     if key is None:
         raise ValueError(f"trainer.augment={augment} needs the epoch's PRNG key; none was given")
@@ -62,18 +77,26 @@ def augment_batch(x: jax.Array, key: jax.Array | None, k: jax.Array, augment: Au
     return x
 
 
-def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array):
-    """Cross-entropy on the time-averaged LI readout.
+def _forward(model: nnx.Module, x: jax.Array, dropout: float, key: jax.Array | None):
+    """``model(x)``, with dropout on the hidden spikes where ``key`` is given."""
+    return model(x) if key is None else model(x, dropout=dropout, key=key)
+
+
+def loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array, dropout: float = 0.0,
+                    key: jax.Array | None = None):
+    """Cross-entropy on the LI readout (``model.readout``: mean, max or last step).
 
     Args:
         model: the network.
         x: inputs ``[B, T, F]``.
         y: labels ``[B]``.
+        dropout: rate of dropout on the hidden spikes (training), used where ``key`` is given.
+        key: the dropout masks' PRNG key, or ``None`` (no dropout).
 
     Returns:
         ``(mean loss, (logits [B, C], rates [B, T, L]))``.
     """
-    readout, rates = model(x)
+    readout, rates = _forward(model, x, dropout, key)
     logits = readout_logits(readout, getattr(model, "readout_mode", "mean"))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, (logits, rates)
@@ -106,13 +129,14 @@ def distillation_loss(logits: jax.Array, teacher_logits: jax.Array, y: jax.Array
 
 
 def distill_loss_and_logits(model: nnx.Module, x: jax.Array, y: jax.Array, teacher_logits: jax.Array,
-                            weight: jax.Array | float, temperature: jax.Array | float):
+                            weight: jax.Array | float, temperature: jax.Array | float, dropout: float = 0.0,
+                            key: jax.Array | None = None):
     """``loss_and_logits`` with the loss of ``distillation_loss`` against ``teacher_logits [B, C]``.
 
     Returns:
         ``(mean loss, (logits [B, C], rates [B, T, L]))``.
     """
-    readout, rates = model(x)
+    readout, rates = _forward(model, x, dropout, key)
     logits = readout_logits(readout, getattr(model, "readout_mode", "mean"))
     return distillation_loss(logits, teacher_logits, y, weight, temperature), (logits, rates)
 
@@ -135,8 +159,9 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
         perm: the epoch's batch indices ``[S, B]``.
         start: first step to run, int32 scalar.
         stop: one past the last step to run, int32 scalar.
-        key: the epoch's PRNG key; step ``k`` augments its batch with ``fold_in(key, k)``.
-        augment: the batch transforms (static).
+        key: the epoch's PRNG key; step ``k`` augments its batch with ``fold_in(key, k)``
+            and draws its dropout masks from a stream of it (``dropout_key``).
+        augment: the batch transforms and the dropout rate (static).
 
     Returns:
         Losses ``[S]``: step ``k``'s loss at ``k`` for the steps run, 0 elsewhere
@@ -148,7 +173,7 @@ def train_steps(model: nnx.Module, opt: nnx.Optimizer, xs: jax.Array, ys: jax.Ar
         idx = perm[k]
         x = augment_batch(xs[idx], key, k, augment)
         grad_fn = nnx.value_and_grad(loss_and_logits, has_aux=True)
-        (loss, _), grads = grad_fn(model, x, ys[idx])
+        (loss, _), grads = grad_fn(model, x, ys[idx], augment.dropout, dropout_key(key, k, augment))
         opt.update(model, grads)
         return model, opt, losses.at[k].set(loss)
 
@@ -194,7 +219,8 @@ def distill_steps(model: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module, xs
         trace, _ = nnx.merge(graphdef, frozen)(x)
         targets = jax.lax.stop_gradient(readout_logits(trace, readout))
         grad_fn = nnx.value_and_grad(distill_loss_and_logits, has_aux=True)
-        (loss, _), grads = grad_fn(model, x, y, targets, weight, temperature)
+        (loss, _), grads = grad_fn(model, x, y, targets, weight, temperature, augment.dropout,
+                                   dropout_key(key, k, augment))
         opt.update(model, grads)
         return model, opt, losses.at[k].set(loss)
 
