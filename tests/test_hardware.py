@@ -104,6 +104,29 @@ def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
     assert net.threshold_clipped == 0
 
 
+def test_two_ternary_matrices_of_one_neuron_enter_by_the_nearest_power_of_two():
+    """quant=ternary: ``fc/i`` and ``rec/i`` have independent scales and no shift maps both exactly. The
+    coarser enters by the power of two nearest its worth (within sqrt(2)), its +-1 codes unchanged; with
+    ``ceil`` a ratio of 1.3 entered as 2 (1.54x too strong)."""
+    rng = np.random.default_rng(0)
+    fc, rec = (rng.integers(-1, 2, (5, 3)).astype(np.int32) for _ in range(2))
+    w_fc = np.array([1.0, 1.0, 1.0], np.float32)
+    w_rec = np.array([1.3, 1.5, 3.2], np.float32)
+    (out_fc, out_rec), unit, (k_fc, k_rec) = integer.share_unit([fc, rec], [w_fc, w_rec], ["ternary", "ternary"],
+                                                                per_neuron=True)
+    np.testing.assert_array_equal(unit, w_fc)
+    np.testing.assert_array_equal(out_fc, fc)
+    np.testing.assert_array_equal(out_rec, rec)
+    np.testing.assert_array_equal(k_fc, [0, 0, 0])
+    np.testing.assert_array_equal(k_rec, [0, 1, 2])  # log2 of 1.3, 1.5, 3.2 rounded
+    strength = unit * 2.0**k_rec / w_rec
+    assert np.all((strength >= 2**-0.5) & (strength < 2**0.5))
+    # an int8 matrix still shrinks by ceil: its codes are re-rounded by a factor in (0.5, 1]
+    (_, out8), _, (_, k8) = integer.share_unit([fc, rec * 100], [w_fc, w_rec], ["int8", "int8"], per_neuron=True)
+    np.testing.assert_array_equal(k8, [1, 1, 2])
+    np.testing.assert_array_equal(out8, np.rint(rec * 100 * (w_rec / 2.0**k8)).astype(np.int32))
+
+
 def test_a_unit_below_the_threshold_range_is_raised_not_the_threshold_clipped():
     """A neuron whose input codes are worth far less than ``theta / (2**threshold_bits - 1)`` takes that unit;
     its codes are re-rounded down onto it, so ``round(theta / unit)`` fits and nothing is clipped."""

@@ -64,6 +64,27 @@ def code_bits(qtype: str | None) -> int:
     raise HardwareError(f"integer neuron state needs integer weights (intN or ternary) in every layer; got {qtype!r}")
 
 
+def entry_shift(ratio: Any, qtype: str, xp: Any = np) -> Any:
+    """The left shift ``k >= 0`` by which a matrix whose codes are worth ``ratio`` units enters the sum.
+
+    Its codes are then re-rounded by ``ratio / 2**k``. Codes of three bits or
+    more take ``k = ceil(log2(ratio))``: the factor is in ``(0.5, 1]`` and the
+    codes shrink, losing under one bit. Codes of two bits or fewer (ternary)
+    cannot shrink (``round(+-1 * f)`` is ``+-1`` for every such factor, which
+    would leave the matrix up to 2x too strong), so they enter by the
+    nearest power of two, ``k = round(log2(ratio))``: a factor in
+    ``[1/sqrt(2), sqrt(2))``, their codes unchanged.
+
+    Args:
+        ratio: a code's worth over the unit, per neuron ``[H]`` (numpy or jax).
+        qtype: the matrix's qtype.
+        xp: ``numpy`` or ``jax.numpy``.
+    """
+    log = xp.log2(ratio)
+    k = xp.ceil(log - SHIFT_TOLERANCE) if code_bits(qtype) > 2 else xp.round(log)
+    return xp.maximum(k, 0)
+
+
 def code_range(qtype: str) -> tuple[int, int]:
     """The codes a weight of ``qtype`` can take: ``[-1, 1]`` for ternary, two's complement otherwise."""
     return (-1, 1) if qtype == "ternary" else bounds(code_bits(qtype))
@@ -332,10 +353,15 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
     """One unit per neuron (or per layer) for the matrices that feed the same neurons.
 
     The unit is the finest worth, at least ``floor``; a coarser matrix's sum enters
-    shifted left by ``k = ceil(log2(worth / unit) - 1e-4)`` bits (per neuron), its
-    codes re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
+    shifted left by ``k = entry_shift(worth / unit)`` bits (per neuron): ``ceil(log2)``,
+    its codes re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
     (1: the codes are unchanged, as for a layer fed by one matrix); a matrix finer
     than a floored unit keeps ``k = 0`` and its codes are re-rounded by ``worth / unit < 1``.
+    Ternary codes cannot be re-rounded down, so a ternary matrix enters by the nearest
+    power of two instead (``quant=ternary``: ``fc/i`` and ``rec/i`` of one neuron have
+    independent scales, and no shift maps both exactly; each is off by under ``sqrt(2)``,
+    against up to 2x with ``ceil``). A network fine-tuned on the integer grid
+    (``hardware=int mode=qat``) trains with this mapping and exports exactly.
 
     Matrices of different qtypes (``quant=w8in_ternary``: int8 ``fc/0``, ternary
     ``rec/0``): re-rounding ternary codes by a factor in ``(0.5, 1]`` would round
@@ -370,7 +396,7 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
     for c, w, qtype in zip(codes, worth, qtypes, strict=True):
         lo, hi = code_range(qtype)
         ratio = np.where(w > 0, w / unit, np.float32(1.0)).astype(np.float32)
-        k = np.maximum(np.ceil(np.log2(ratio) - np.float32(SHIFT_TOLERANCE)), 0).astype(np.int32)
+        k = entry_shift(ratio, qtype).astype(np.int32)
         factor = (ratio / np.exp2(k).astype(np.float32)).astype(np.float32)
         same = np.all(np.abs(factor - 1) < SHIFT_TOLERANCE)
         out.append(c if same else np.clip(np.rint(c.astype(np.float32) * factor), lo, hi).astype(np.int32))

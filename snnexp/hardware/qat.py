@@ -27,6 +27,7 @@ from snnexp.hardware.integer import (
     IntegerNetwork,
     code_bits,
     code_range,
+    entry_shift,
     neuron_kind,
     simulate,
     unit_floor,
@@ -133,8 +134,9 @@ class IntegerGrid:
 
         The unit is the finest worth, at least ``unit_floor`` in a hidden layer
         (the readout's one value for all classes);
-        a coarser matrix enters shifted left by ``ceil(log2(worth / unit))``,
-        its codes re-rounded by the rest (straight-through).
+        a coarser matrix enters shifted left by ``entry_shift(worth / unit)``
+        (``ceil(log2)``; the nearest power of two for ternary codes), its codes
+        re-rounded by the rest (straight-through).
         """
         out = []
         sources = self._sources(m)
@@ -151,7 +153,7 @@ class IntegerGrid:
             mats = []
             for codes, w in layer:
                 ratio = jnp.where(w > 0, w / unit, 1.0)
-                k = jax.lax.stop_gradient(jnp.maximum(jnp.ceil(jnp.log2(ratio) - SHIFT_TOLERANCE), 0.0))
+                k = jax.lax.stop_gradient(entry_shift(ratio, self.qtypes[i], jnp))
                 factor = jax.lax.stop_gradient(ratio / 2.0**k)
                 same = jnp.all(jnp.abs(factor - 1) < SHIFT_TOLERANCE)
                 mats.append((jnp.where(same, codes, jnp.clip(ste_round(codes * factor), lo, hi)), k))
