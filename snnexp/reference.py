@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT, VERSIONS = "snnexp-integer", (1,)
+FORMAT, VERSIONS = "snnexp-integer", (1, 2)  # 2: the recurrent codes at their own width
 
 
 @dataclass
@@ -39,14 +39,16 @@ class Network:
     def array(self, layer: dict[str, Any], name: str) -> np.ndarray | None:
         """A layer's array as int64 (``unit`` as float32), or None where the layer has none.
 
-        Weight codes are read from their packed form (``weight_packed``, ``recurrent_packed``).
+        Weight codes are read from their packed form (``weight_packed`` at ``weight_bits``,
+        ``recurrent_packed`` at ``recurrent_bits``).
         """
         if name in ("weight", "recurrent"):
             key = layer["arrays"].get(f"{name}_packed")
             if key is None:
                 return None
             rows = layer["fan_in"] if name == "weight" else layer["size"]
-            return _unpack(self.arrays[key], layer["weight_bits"], rows * layer["size"]).reshape(rows, layer["size"])
+            bits = layer.get(f"{name}_bits", layer["weight_bits"])  # version 1: one width per layer
+            return _unpack(self.arrays[key], bits, rows * layer["size"]).reshape(rows, layer["size"])
         key = layer["arrays"].get(name)
         if key is None:
             return None
@@ -192,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     net = load(Path(args[0]))
     print(f"profile {net.profile['name']}: {json.dumps(net.profile)}")
     for layer in net.meta["layers"]:
+        rec = f", {layer.get('recurrent_qtype', layer['weight_qtype'])} recurrent" if layer["recurrent"] else ""
         print(f"  {layer['name']}: {layer['kind']} {layer['fan_in']}->{layer['size']}"
-              f"{' recurrent' if layer['recurrent'] else ''}, {layer['weight_qtype']} weights")
+              f"{' recurrent' if layer['recurrent'] else ''}, {layer['weight_qtype']} weights{rec}")
     return 0
 
 

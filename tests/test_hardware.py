@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_cfg
+from flax import nnx
 from omegaconf import OmegaConf
 
 from snnexp import build, reference, rundir
@@ -79,10 +80,8 @@ def test_a_network_without_integer_form_is_refused_before_compute(override, says
     assert not (tmp_path / "checkpoints" / "fp32").exists()
 
 
-def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
-    """quant=w8in_ternary on a recurrent layer (int8 ``fc/0`` of analog inputs, ternary ``rec/0``): the ternary
-    matrix must enter exactly (re-rounding +-1 codes would make it up to 2x too strong: 87 % -> 37 % on MNIST-1D),
-    the int8 one within half of its step, against the dequantized network (codes x scales) as NIR exports it."""
+def mixed_network() -> tuple[integer.IntegerNetwork, nnx.Module]:
+    """quant=w8in_ternary on one recurrent layer of 32 (MNIST-1D), mapped onto ``int``, and its dequantized network."""
     from snnexp import quant
     from snnexp.export import nir_graph
 
@@ -92,7 +91,14 @@ def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
     deployed = quant.quantize(build.model(cfg, data.features, data.n_classes), build.rules(cfg), "ptq",
                               jnp.asarray(x_train[:1]))
     net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), profile("int"), x_train)
-    dq = nir_graph.dequantized_model(cfg, deployed)
+    return net, nir_graph.dequantized_model(cfg, deployed)
+
+
+def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
+    """quant=w8in_ternary on a recurrent layer (int8 ``fc/0`` of analog inputs, ternary ``rec/0``): the ternary
+    matrix must enter exactly (re-rounding +-1 codes would make it up to 2x too strong: 87 % -> 37 % on MNIST-1D),
+    the int8 one within half of its step, against the dequantized network (codes x scales) as NIR exports it."""
+    net, dq = mixed_network()
     layer = net.layers[0]
     unit = layer.unit.astype(np.float64)
     rec = (layer.recurrent.astype(np.int64) << layer.recurrent_shift) * unit
@@ -102,6 +108,24 @@ def test_a_mixed_recipe_maps_each_matrix_onto_its_own_dequantized_weights():
     err = np.abs((layer.weight << layer.weight_shift) * unit / net.input_scale - np.asarray(dq.fc[0].kernel[...]))
     assert np.all(err <= 0.5 * step * (1 + 1e-5))
     assert net.threshold_clipped == 0
+
+
+def test_a_mixed_layer_is_counted_and_packed_at_each_matrixs_own_width(tmp_path):
+    """w8in_ternary: hidden/0's int8 fc/0 takes 8 bits a synapse and its ternary rec/0 2, in the memory figure
+    and in the sidecar, and the reference reads both back."""
+    net, _ = mixed_network()
+    layer = net.layers[0]
+    assert (layer.weight_qtype, layer.recurrent_qtype) == ("int8", "ternary")
+    x = np.zeros((1, 40, 1), np.float32)
+    memory = integer.hardware_metrics(net, integer.evaluate(net, x, np.array([0])))["integer_memory_bits"]
+    assert memory["hidden/0"]["weights"] == 1 * 32 * 8 + 32 * 32 * 2
+    sidecar.write(net, tmp_path, dt=1e-3)
+    meta = json.loads((tmp_path / "integer.json").read_text())["layers"][0]
+    assert (meta["weight_bits"], meta["recurrent_qtype"], meta["recurrent_bits"]) == (8, "ternary", 2)
+    assert np.load(tmp_path / "integer.npz")["layer0.recurrent_packed"].size == 32 * 32 * 2 // 8
+    ref = reference.load(tmp_path)
+    np.testing.assert_array_equal(ref.array(ref.meta["layers"][0], "recurrent"), layer.recurrent)
+    np.testing.assert_array_equal(ref.array(ref.meta["layers"][0], "weight"), layer.weight)
 
 
 def test_two_ternary_matrices_of_one_neuron_enter_by_the_nearest_power_of_two():
@@ -244,6 +268,7 @@ RUNS = {  # one real run per model kind, each trained for a profile
     "ff_if": ("hardware=xylo", "neuron=if", "mode=qat", "quant=ternary"),
     "rec_lif": ("hardware=xylo", "model=recurrent", "mode=qat"),
     "rec_cuba": ("hardware=int", "model=recurrent", "neuron=cuba_lif", "mode=ptq"),
+    "rec_mixed": ("hardware=int", "model=recurrent", "quant=w8in_ternary", "mode=ptq"),  # int8 fc/0, ternary rec/0
 }
 
 

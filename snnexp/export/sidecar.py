@@ -18,7 +18,7 @@ import numpy as np
 from snnexp.hardware.integer import IntegerNetwork, code_bits
 
 FORMAT = "snnexp-integer"
-VERSION = 1
+VERSION = 2  # 2: a recurrent matrix packed at its own qtype (recurrent_qtype, recurrent_bits)
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -63,16 +63,19 @@ def write(net: IntegerNetwork, out_dir: Path, *, dt: float, source: dict[str, An
     layers = []
     for i, layer in enumerate(net.layers):
         key = f"layer{i}"
-        bits = code_bits(layer.weight_qtype)
         entry: dict[str, Any] = {
             "name": layer.name, "kind": layer.kind, "size": layer.size, "fan_in": int(layer.weight.shape[0]),
-            "recurrent": layer.recurrent is not None, "weight_qtype": layer.weight_qtype, "weight_bits": bits,
-            "arrays": {},
+            "recurrent": layer.recurrent is not None, "weight_qtype": layer.weight_qtype,
+            "weight_bits": code_bits(layer.weight_qtype),
         }
+        if layer.recurrent is not None:
+            entry.update(recurrent_qtype=layer.recurrent_qtype, recurrent_bits=code_bits(layer.recurrent_qtype))
+        entry["arrays"] = {}
         named = {"weight": layer.weight, "recurrent": layer.recurrent}
         for name, codes in named.items():
             if codes is None:
                 continue
+            bits = entry[f"{name}_bits"]
             arrays[f"{key}.{name}"] = codes.astype(_storage(bits))
             arrays[f"{key}.{name}_packed"] = pack(codes, bits)
             entry["arrays"][name] = f"{key}.{name}"

@@ -117,6 +117,8 @@ class IntLayer:
         weight: codes ``[n_in, H]`` (int32).
         recurrent: codes ``[H, H]`` of the layer's own spikes (``None``: none).
         weight_qtype: the recipe's qtype of these codes (``int8``, ``ternary``, ...).
+        recurrent_qtype: that of the ``recurrent`` codes (``None`` without; ``quant=w8in_ternary``:
+            int8 ``weight``, ternary ``recurrent``).
         bias: integer bias in weight steps.
         unit: the float value of one weight step of the synaptic sum (float32).
         threshold: the integer threshold in state units (already shifted; 0 for ``li``).
@@ -137,6 +139,7 @@ class IntLayer:
     alpha: np.ndarray | None = None
     weight_shift: np.ndarray | None = None
     recurrent_shift: np.ndarray | None = None
+    recurrent_qtype: str | None = None
 
     @property
     def size(self) -> int:
@@ -227,7 +230,8 @@ class IntegerNetwork:
             clipped += n_clip
             layers.append(IntLayer(
                 name=f"hidden/{i}", kind=kind, weight=codes[0], recurrent=codes[1] if len(codes) > 1 else None,
-                weight_qtype=qtype, weight_shift=shifts[0], recurrent_shift=shifts[1] if len(shifts) > 1 else None,
+                weight_qtype=qtype, recurrent_qtype=srcs[1][2] if len(srcs) > 1 else None,
+                weight_shift=shifts[0], recurrent_shift=shifts[1] if len(shifts) > 1 else None,
                 bias=_bias(deployed.fc[i], unit, profile), unit=unit.astype(np.float32),
                 threshold=theta, beta=_decay(neuron, "beta", kind != "if", profile),
                 alpha=_decay(neuron, "alpha", kind == "cuba_lif", profile),
@@ -639,11 +643,11 @@ def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[st
     memory: dict[str, Any] = {}
     for layer in net.layers:
         n = layer.size
-        synapses = layer.weight.size + (layer.recurrent.size if layer.recurrent is not None else 0)
         states = 2 if layer.kind == "cuba_lif" else 1
         decays = {"if": 0, "cuba_lif": 2}.get(layer.kind, 1)
         entry = {
-            "weights": synapses * code_bits(layer.weight_qtype),
+            "weights": layer.weight.size * code_bits(layer.weight_qtype)
+            + (0 if layer.recurrent is None else layer.recurrent.size * code_bits(layer.recurrent_qtype)),
             "state": n * states * p.state_bits,
             "thresholds": 0 if layer.kind == "li" else n * p.threshold_bits,
             "decays": n * decays * p.decay_bits,
