@@ -410,3 +410,16 @@ def test_hydra_callback_writes_the_report(tmp_path):
     assert "data-refresh" not in page_text and 'data-fig="fig-pareto"' in page_text
     rows = _csv_rows(sweep / "results.csv")
     assert [r["status"] for r in rows.values()] == ["ok"]
+
+
+def test_parallel_axes_tick_a_few_integers_at_their_own_values():
+    """A seed (or width) axis reads 0, 1, 2, not 0, 0.5, 1, ...; real numbers and wide ranges keep their axes."""
+    from snnexp.report.figures import _axis_values
+
+    seeds = _axis_values(pd.Series([0, 2, 1, 2]))
+    assert seeds == {"values": [0, 2, 1, 2], "tickvals": [0, 1, 2], "ticktext": ["0", "1", "2"]}
+    assert _axis_values(pd.Series([0.001, 0.003, 0.002])) == {"values": [0.001, 0.003, 0.002]}
+    wide = _axis_values(pd.Series([1e-4, 1e-2]))
+    assert wide["ticktext"] == ["0.0001", "0.01"] and wide["values"] == [-4.0, -2.0]
+    assert _axis_values(pd.Series(list(range(20))))["values"] == list(range(20))
+    assert "tickvals" not in _axis_values(pd.Series(list(range(20))))

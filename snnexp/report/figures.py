@@ -108,7 +108,11 @@ def energy(table: pd.DataFrame, style: Style, swept: Sequence[str]) -> go.Figure
 
 
 def _axis_values(values: pd.Series) -> dict[str, Any]:
-    """A parallel-coordinates dimension: numbers as they are, anything else as ordered categories."""
+    """A parallel-coordinates dimension: numbers as they are, anything else as ordered categories.
+
+    Numbers spanning two decades or more go on a log axis; a few integers
+    (seeds, widths, bit widths) are ticked at their own values alone.
+    """
     nums = pd.to_numeric(values, errors="coerce")
     if nums.notna().all():
         positive = (nums > 0).all() and nums.max() / max(nums.min(), 1e-300) >= 100
@@ -116,6 +120,9 @@ def _axis_values(values: pd.Series) -> dict[str, Any]:
             ticks = sorted(set(nums))
             return dict(values=[math.log10(v) for v in nums], tickvals=[math.log10(v) for v in ticks],
                         ticktext=[f"{v:.3g}" for v in ticks])
+        ticks = sorted(set(nums))
+        if len(ticks) <= 12 and all(float(v).is_integer() for v in ticks):  # seeds, widths, bits: their own ticks
+            return dict(values=nums.tolist(), tickvals=ticks, ticktext=[f"{v:g}" for v in ticks])
         return dict(values=nums.tolist())
     text = values.map(lambda v: "–" if v is None or (not isinstance(v, str) and pd.isna(v))
                       else f"{float(v):.3g}" if _is_number(v) else str(v))
