@@ -151,6 +151,34 @@ def test_two_ternary_matrices_of_one_neuron_enter_by_the_nearest_power_of_two():
     np.testing.assert_array_equal(out8, np.rint(rec * 100 * (w_rec / 2.0**k8)).astype(np.int32))
 
 
+def test_the_qat_grid_and_the_export_give_a_neuron_without_input_weights_the_same_unit():
+    """MNIST-1D's 1 x H input layer under absmean ternary leaves some neurons without any input weight: an
+    all-zero column, whose scale qwix stores as 1.0 and the grid as ``mean|w|``. Both must leave such a column out
+    of the neuron's unit, or the network trained on the grid and the one exported part (a 1-layer MNIST-1D
+    ternary run: spike agreement 0.956 -> 1.0, integer accuracy 73.9 -> 75.0 %)."""
+    from snnexp import metrics as snn_metrics
+    from snnexp import quant
+    from snnexp.hardware.qat import IntegerGrid, grid_qtypes
+
+    cfg = make_cfg("data=mnist1d", "model=recurrent", "model.hidden=[32]", "quant=ternary", "logger=none")
+    data = build.data(cfg)
+    x_train = np.asarray(data.x_train)
+    model = build.model(cfg, data.features, data.n_classes)
+    rules = build.rules(cfg)
+    deployed = quant.quantize(model, rules, "ptq", jnp.asarray(x_train[:1]))
+    fc0 = np.asarray(next(x for x in snn_metrics.matrices(deployed) if x.path == "fc/0").codes)
+    silent = ~np.any(fc0 != 0, axis=0)
+    assert 0 < silent.sum() < 32, "the case needs neurons without input"
+    p = profile("int")
+    net = integer.IntegerNetwork.from_deployed(deployed, rules, p, x_train)
+    grid = IntegerGrid(p, grid_qtypes(model, rules), *integer.input_coding(x_train, p))
+    for layer, unit in zip(net.layers, grid.units(model), strict=True):
+        np.testing.assert_allclose(layer.unit, np.asarray(unit), rtol=1e-6)
+    rec_worth = np.asarray(next(x for x in snn_metrics.matrices(deployed) if x.path == "rec/0").scales[0]).reshape(-1)
+    np.testing.assert_allclose(net.layers[0].unit[silent], np.maximum(rec_worth[silent], integer.unit_floor(1.0, p)),
+                               rtol=1e-6)
+
+
 def test_a_unit_below_the_threshold_range_is_raised_not_the_threshold_clipped():
     """A neuron whose input codes are worth far less than ``theta / (2**threshold_bits - 1)`` takes that unit;
     its codes are re-rounded down onto it, so ``round(theta / unit)`` fits and nothing is clipped."""

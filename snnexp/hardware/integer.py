@@ -356,7 +356,8 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
                ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """One unit per neuron (or per layer) for the matrices that feed the same neurons.
 
-    The unit is the finest worth, at least ``floor``; a coarser matrix's sum enters
+    The unit is the finest worth among the matrices with a nonzero code for the neuron, at
+    least ``floor``; a coarser matrix's sum enters
     shifted left by ``k = entry_shift(worth / unit)`` bits (per neuron): ``ceil(log2)``,
     its codes re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
     (1: the codes are unchanged, as for a layer fed by one matrix); a matrix finer
@@ -385,7 +386,8 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
         ``(codes, unit [H], shifts)``: re-rounded codes and a shift ``[H]`` (int32) per matrix.
     """
     worth = [np.asarray(w, np.float32) for w in worth]  # float32, as the QAT grid computes it
-    stack = np.stack([np.where(w > 0, w, np.inf) for w in worth])
+    # a neuron's all-zero column carries no worth (qwix stores its scale as 1.0): it takes no part in the unit
+    stack = np.stack([np.where((w > 0) & np.any(c != 0, axis=0), w, np.inf) for c, w in zip(codes, worth, strict=True)])
     unit = np.min(stack, axis=0)
     if not per_neuron:
         unit = np.full_like(unit, np.min(unit))
@@ -393,9 +395,11 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
     if floor is not None:
         unit = np.maximum(unit, np.float32(floor))
     if len(set(qtypes)) > 1:  # keep the coarsest-coded matrix exact: it enters by a power of two
-        w = worth[int(np.argmin([code_bits(q) for q in qtypes]))]
+        j = int(np.argmin([code_bits(q) for q in qtypes]))
+        w = worth[j]
         k = np.ceil(np.log2(np.where(w > 0, w / unit, np.float32(1.0))) - np.float32(SHIFT_TOLERANCE))
-        unit = np.where(k >= 1, w / np.exp2(k - 1).astype(np.float32), unit).astype(np.float32)
+        live = np.any(codes[j] != 0, axis=0)
+        unit = np.where((k >= 1) & live, w / np.exp2(k - 1).astype(np.float32), unit).astype(np.float32)
     out, shifts = [], []
     for c, w, qtype in zip(codes, worth, qtypes, strict=True):
         lo, hi = code_range(qtype)

@@ -141,7 +141,8 @@ class IntegerGrid:
         out = []
         sources = self._sources(m)
         for i, layer in enumerate(sources):
-            worth = jnp.stack([jnp.where(w > 0, w, jnp.inf) for _, w in layer])
+            # as share_unit: a neuron's all-zero column takes no part in its unit
+            worth = jnp.stack([jnp.where((w > 0) & jnp.any(c != 0, axis=0), w, jnp.inf) for c, w in layer])
             unit = jnp.min(worth, axis=0)
             if i == len(sources) - 1:
                 unit = jnp.broadcast_to(jnp.min(unit), unit.shape)
