@@ -8,7 +8,8 @@ Weight memory comes in two counts:
 * ``weight_bytes_packed``: what the same weights take packed at the recipe's
   true width (``packed_bits``): intN codes N bits, ternary codes 2 bits, float
   formats their own width; scales, biases and decays as stored, and ternary's
-  one absmean scale once per matrix (qwix repeats it per output channel).
+  one absmean scale once per matrix (qwix repeats it per output channel;
+  ``ternary_scale: channel`` has one per channel, counted as stored).
 
 The width of a layer comes from the recipe (``qtype_of``: the first rule whose
 ``module_path`` fullmatches the layer's path), not from the container dtype.
@@ -74,15 +75,21 @@ def bits_per_weight(model: nnx.Module) -> float:
 # ------------------------------------------------------------- true widths
 
 
-def qtype_of(module_path: str, rules: Sequence[Rule]) -> str | None:
-    """The weight qtype the recipe gives the layer at ``module_path`` (``fc/0``), or None (float).
+def rule_of(module_path: str, rules: Sequence[Rule]) -> Rule | None:
+    """The rule of the recipe for the layer at ``module_path`` (``fc/0``), or None (float).
 
     The first rule whose ``module_path`` regex fullmatches the path wins, as in qwix.
     """
     for rule in rules:
         if re.fullmatch(rule.module_path, module_path):
-            return rule.weight_qtype
+            return rule
     return None
+
+
+def qtype_of(module_path: str, rules: Sequence[Rule]) -> str | None:
+    """The weight qtype the recipe gives the layer at ``module_path`` (``fc/0``), or None (float)."""
+    rule = rule_of(module_path, rules)
+    return None if rule is None else rule.weight_qtype
 
 
 def packed_bits(qtype: str | None, stored_dtype) -> int:
@@ -143,8 +150,8 @@ def matrices(model: nnx.Module) -> list[Matrix]:
 def weight_bytes_packed(model: nnx.Module, rules: Sequence[Rule]) -> float:
     """Bytes of every parameter with the weight codes packed at the recipe's true width.
 
-    Codes count ``packed_bits`` each, their scales as stored, except ternary:
-    its one absmean scale counts once per matrix. Everything else (biases,
+    Codes count ``packed_bits`` each, their scales as stored, except ternary
+    with ``ternary_scale: tensor``: its one absmean scale counts once per matrix. Everything else (biases,
     decays, unquantized matrices, static activation scales) counts as stored.
 
     Args:
@@ -157,7 +164,8 @@ def weight_bytes_packed(model: nnx.Module, rules: Sequence[Rule]) -> float:
         qtype = qtype_of(module, rules) if module is not None else None
         if module is not None and path[-1] == "qvalue":
             bits += v.size * packed_bits(qtype, v.dtype)
-        elif module is not None and path[-1] == "scale" and qtype == "ternary":
+        elif module is not None and path[-1] == "scale" and qtype == "ternary" \
+                and rule_of(module, rules).ternary_scale == "tensor":
             bits += dtype_bits(v.dtype)  # one scale for the whole matrix
         else:
             bits += v.size * dtype_bits(v.dtype)

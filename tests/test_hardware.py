@@ -297,6 +297,7 @@ RUNS = {  # one real run per model kind, each trained for a profile
     "rec_lif": ("hardware=xylo", "model=recurrent", "mode=qat"),
     "rec_cuba": ("hardware=int", "model=recurrent", "neuron=cuba_lif", "mode=ptq"),
     "rec_mixed": ("hardware=int", "model=recurrent", "quant=w8in_ternary", "mode=ptq"),  # int8 fc/0, ternary rec/0
+    "rec_ternary_channel": ("hardware=int", "model=recurrent", "quant=ternary_channel", "mode=qat"),
 }
 
 

@@ -108,6 +108,15 @@ def test_ternary_is_two_bits_with_one_scale_and_its_entropy_and_sparsity_match_n
     assert 0.2 < sparsity["total"] < 0.4
 
 
+def test_ternary_channel_counts_one_scale_per_channel():
+    fp = net(64, 128, 10, seed=1)
+    model, rules = deployed(fp, [{"module_path": ".*", "weight_qtype": "ternary", "ternary_scale": "channel",
+                                  "act_qtype": "int8"}])
+    n = 64 * 128 + 128 * 10
+    # 2 bits a code, a float32 scale per output channel (128 + 10), biases, 2 decays
+    assert metrics.weight_bytes_packed(model, rules) == (2 * n + (128 + 10) * 32 + (128 + 10) * 32 + 2 * 32) / 8
+
+
 def test_int8_entropy_and_float_formats_at_their_width():
     fp = net(16, 8, 4, seed=2)
     model, rules = deployed(fp, [{"module_path": ".*", "weight_qtype": "int8", "act_qtype": "int8"}])

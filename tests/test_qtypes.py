@@ -399,7 +399,7 @@ def test_recipe_names_are_unique_per_content():
     for name, rules in recipes.items():
         by_rules.setdefault(next(iter(rules)), []).append(name)
     assert all(len(names) == 1 for names in by_rules.values()), by_rules
-    named = {"w8in_w6a8", "w8in_ternary", "fp32", "ternary", "weights_only"}
+    named = {"w8in_w6a8", "w8in_ternary", "fp32", "ternary", "ternary_channel", "weights_only"}
     assert {f"w{b}a8" for b in range(2, 9)} | named == set(recipes)
     assert recipes["w6a8"] != recipes["w8in_w6a8"]
 

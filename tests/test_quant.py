@@ -127,6 +127,37 @@ def test_ternary_codes_are_bitnet_absmean():
         np.testing.assert_allclose(dequant, np.clip(np.round(w / gamma), -1, 1) * gamma, rtol=1e-6)
 
 
+def test_ternary_channel_scales_are_each_columns_absmean():
+    """``ternary_scale: channel``: codes ``clip(round(w / mean|w[:, j]|), -1, 1)`` and scale ``mean|w[:, j]|`` per
+    output channel ``j`` (numpy), in PTQ and in QAT's forward."""
+    model = small_model()
+    rules = quant.parse_recipe([dict(weight_qtype="ternary", ternary_scale="channel", act_qtype="int8")])
+    qmodel = quant.quantize(model, rules, "ptq", jnp.ones((2, 3, 6)))
+    for layer, qlayer in [(model.fc[0], qmodel.fc[0]), (model.fc[1], qmodel.fc[1]),
+                          (model.readout, qmodel.readout)]:
+        arr = qlayer.kernel.array
+        w = np.asarray(layer.kernel[...])
+        gamma = np.abs(w).mean(axis=0) + 1e-6
+        want = np.clip(np.round(w / gamma), -1, 1)
+        np.testing.assert_array_equal(np.asarray(arr.qvalue.astype(jnp.int32)), want)
+        np.testing.assert_allclose(np.asarray(arr.scale).reshape(-1), gamma, rtol=1e-6)
+        assert len(np.unique(gamma)) == gamma.size  # really one scale per column
+    projected = quant.ternary_ste(model.fc[1].kernel[...], per_channel=True)
+    w = np.asarray(model.fc[1].kernel[...])
+    np.testing.assert_allclose(np.asarray(projected), np.clip(np.round(w / (np.abs(w).mean(0) + 1e-6)), -1, 1)
+                               * (np.abs(w).mean(0) + 1e-6), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("rule", "says"), [
+    (dict(weight_qtype="int8", ternary_scale="channel"), "ternary_scale='channel' is for weight_qtype: ternary"),
+    (dict(weight_qtype="ternary", ternary_scale="row"), "ternary_scale='row' is not supported; valid choices: "
+                                                        "\\['tensor', 'channel'\\]"),
+])
+def test_a_bad_ternary_scale_is_refused_naming_the_choices(rule, says):
+    with pytest.raises(quant.RecipeError, match=says):
+        quant.parse_recipe([rule])
+
+
 def test_ternary_qat_forward_uses_ternary_weights_and_passes_gradients():
     model = small_model()
     x = jnp.ones((2, 5, 6))

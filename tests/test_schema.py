@@ -140,6 +140,7 @@ BAD: dict[str, list[str]] = {
     "quant.rules.*.weight_calibration_method": ["absmean", "spikes", "5"],
     "quant.rules.*.act_calibration_method": ["absmean", "5"],
     "quant.rules.*.tile_size": ["0", "-1", "abc"],
+    "quant.rules.*.ternary_scale": ["row", "5"],
     # mode
     "mode._target_": ["snnexp.train.pipelines.qatt", "5"],
     "mode._partial_": NOT_BOOL,

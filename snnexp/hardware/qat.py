@@ -36,25 +36,26 @@ from snnexp.hardware.profiles import HardwareError, Profile
 from snnexp.quant import ternarize, unquantized_matmul
 
 
-def kernel_scale(w: jax.Array, qtype: str) -> jax.Array:
+def kernel_scale(w: jax.Array, qtype: str, per_channel: bool = False) -> jax.Array:
     """Qwix's per-output-channel scale of a kernel ``[in, out]`` -> ``[out]`` (ternary: ``mean|w|``).
 
-    intN: symmetric absmax with qwix's bound ``qmax + 0.5``.
+    intN: symmetric absmax with qwix's bound ``qmax + 0.5``; ternary: ``mean|w|`` of the
+    matrix, or of each column with ``per_channel`` (``ternary_scale: channel``).
     """
     if qtype == "ternary":
-        return jnp.broadcast_to(jnp.mean(jnp.abs(w)) + 1e-6, (w.shape[1],))
+        return jnp.broadcast_to(jnp.mean(jnp.abs(w), axis=0 if per_channel else None) + 1e-6, (w.shape[1],))
     return jnp.max(jnp.abs(w), axis=0) / (2 ** (code_bits(qtype) - 1) - 0.5)
 
 
-def kernel_codes(w: jax.Array, qtype: str) -> tuple[jax.Array, jax.Array]:
+def kernel_codes(w: jax.Array, qtype: str, per_channel: bool = False) -> tuple[jax.Array, jax.Array]:
     """``(codes, scale [out])`` of a kernel ``[in, out]`` as qwix's deployed network holds them, straight-through.
 
     intN: ``clip(round(w / scale), -qmax - 1, qmax)`` in float32 (qwix divides); ternary:
     ``snnexp.quant.ternarize``'s codes. The gradient of ``codes`` is ``w / scale``'s.
     """
-    scale = kernel_scale(w, qtype)
+    scale = kernel_scale(w, qtype, per_channel)
     if qtype == "ternary":
-        codes, _ = ternarize(w)
+        codes, _ = ternarize(w, per_channel=per_channel)
     else:
         lo, hi = code_range(qtype)
         codes = jnp.clip(jnp.round(w / scale), lo, hi)
@@ -84,12 +85,27 @@ def grid_qtypes(model: nnx.Module, rules: Any) -> tuple[str | None, ...]:
 
     n = len(model.neurons)
     for i in range(n if hasattr(model, "rec") else 0):
-        fc, rec = metrics.qtype_of(f"fc/{i}", rules), metrics.qtype_of(f"rec/{i}", rules)
-        if fc != rec:
-            raise HardwareError(f"integer-state QAT/QT shares one weight qtype per layer; fc/{i} is {fc} and "
-                                f"rec/{i} is {rec}: train with hardware=float and map the run with "
+        fc, rec = metrics.rule_of(f"fc/{i}", rules), metrics.rule_of(f"rec/{i}", rules)
+        kinds = [(None, "tensor") if r is None else (r.weight_qtype, r.ternary_scale) for r in (fc, rec)]
+        if kinds[0] != kinds[1]:
+            what = [q if q != "ternary" or scale == "tensor" else f"ternary (ternary_scale: {scale})"
+                    for q, scale in kinds]
+            raise HardwareError(f"integer-state QAT/QT shares one weight qtype per layer; fc/{i} is {what[0]} and "
+                                f"rec/{i} is {what[1]}: train with hardware=float and map the run with "
                                 "python -m snnexp.export RUN_DIR --hardware int")
-    return tuple(metrics.qtype_of(p, rules) for p in [*(f"fc/{i}" for i in range(n)), "readout"])
+    return tuple(metrics.qtype_of(p, rules) for p in _grid_paths(n))
+
+
+def grid_channels(model: nnx.Module, rules: Any) -> tuple[bool, ...]:
+    """Per layer of ``IntegerGrid`` (as ``grid_qtypes``): ternary with one scale per channel (``ternary_scale``)."""
+    from snnexp import metrics
+
+    rules_of = [metrics.rule_of(p, rules) for p in _grid_paths(len(model.neurons))]
+    return tuple(r is not None and r.weight_qtype == "ternary" and r.ternary_scale == "channel" for r in rules_of)
+
+
+def _grid_paths(n: int) -> list[str]:
+    return [*(f"fc/{i}" for i in range(n)), "readout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +122,7 @@ class IntegerGrid:
     Attributes:
         profile: an integer profile.
         qtypes: the weight qtype per layer: ``fc/i`` of each hidden layer, then ``readout``.
+        per_channel: per layer, ternary with a scale per channel (``grid_channels``; empty: none).
         input_binary: the data are spikes (else analog, coded at ``input_scale``).
         input_scale: the float value of one input code.
         record: return the hidden spikes instead of the readout.
@@ -116,17 +133,21 @@ class IntegerGrid:
     input_binary: bool
     input_scale: float
     record: bool = False
+    per_channel: tuple[bool, ...] = ()  # per layer: ternary with one scale per channel (grid_channels)
+
+    def _codes(self, w: jax.Array, i: int) -> tuple[jax.Array, jax.Array]:
+        return kernel_codes(w, self.qtypes[i], bool(self.per_channel and self.per_channel[i]))
 
     def _sources(self, m: nnx.Module) -> list[list[tuple[jax.Array, jax.Array]]]:
         """Per layer, its matrices as ``(codes, worth [H])``: straight-through codes and what one code is worth."""
         out = []
         for i in range(len(m.neurons)):
-            codes, scale = kernel_codes(m.fc[i].kernel[...], self.qtypes[i])
+            codes, scale = self._codes(m.fc[i].kernel[...], i)
             layer = [(codes, scale * (self.input_scale if i == 0 else 1.0))]  # layer 0's codes: of input codes
             if hasattr(m, "rec"):  # fed spikes: one spike is worth its scale
-                layer.append(kernel_codes(m.rec[i].kernel[...], self.qtypes[i]))
+                layer.append(self._codes(m.rec[i].kernel[...], i))
             out.append(layer)
-        out.append([kernel_codes(m.readout.kernel[...], self.qtypes[-1])])
+        out.append([self._codes(m.readout.kernel[...], len(m.neurons))])
         return out
 
     def layers(self, m: nnx.Module) -> list[tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]]:

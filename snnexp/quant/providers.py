@@ -17,9 +17,10 @@ network fails silently in several ways (docs/qwix_on_snns.md):
   layer whose width is not a multiple of it, before any compute;
 * qwix's ``int2`` has codes {-2, -1, 0, 1}. ``ternary`` is BitNet b1.58's
   absmean ternary: ``W ~ scale * clip(round(W / mean|W|), -1, 1)`` with a
-  straight-through estimator. The projection is applied to the weight before
-  qwix sees it; qwix then stores it exactly as int2 codes in {-1, 0, +1} with
-  one scale per output channel (equal to ``mean|W|``);
+  straight-through estimator, one ``mean|W|`` per matrix (``ternary_scale:
+  channel``: per output channel). The projection is applied to the weight
+  before qwix sees it; qwix then stores it exactly as int2 codes in
+  {-1, 0, +1} with one scale per output channel (equal to that ``mean|W|``);
 * qwix tells a weight from an activation by shape: a square layer fed as many
   rows as it is wide crashes it, so ``check_shapes`` refuses that up front.
 """
@@ -136,18 +137,20 @@ def _qwix_rule(r: Rule, module_path: str, is_analog: bool, mode: Mode,
     return qwix.QuantizationRule(**kw)
 
 
-def ternarize(w: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+def ternarize(w: jax.Array, eps: float = 1e-6, *, per_channel: bool = False) -> tuple[jax.Array, jax.Array]:
     """BitNet b1.58 absmean ternary quantization.
 
     Args:
-        w: a weight matrix ``[in, out]`` (any shape works).
-        eps: guards the scale of an all-zero matrix.
+        w: a weight matrix ``[in, out]`` (any shape works; the last axis is the output channel).
+        eps: guards the scale of an all-zero matrix (or channel).
+        per_channel: one scale per output channel (``ternary_scale: channel``) instead of one per matrix.
 
     Returns:
         ``(codes, scale)``: codes in {-1, 0, +1} (same shape and dtype as
-        ``w``) and the scalar scale ``mean|w|``.
+        ``w``) and the scale ``mean|w|``: a scalar, or ``[1, ..., out]`` per channel.
     """
-    scale = jnp.mean(jnp.abs(w)) + eps
+    axes = tuple(range(w.ndim - 1)) if per_channel else None
+    scale = jnp.mean(jnp.abs(w), axis=axes, keepdims=per_channel) + eps
     codes = jnp.clip(jnp.round(w / scale), -1, 1)
     return codes, scale
 
@@ -162,31 +165,32 @@ def unquantized_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return interception.disable_interceptions(jnp.matmul)(a, b)
 
 
-def ternary_ste(w: jax.Array) -> jax.Array:
+def ternary_ste(w: jax.Array, *, per_channel: bool = False) -> jax.Array:
     """``scale * ternary codes`` forward, identity gradient (straight-through)."""
-    codes, scale = ternarize(w)
+    codes, scale = ternarize(w, per_channel=per_channel)
     return w + jax.lax.stop_gradient(codes * scale - w)
 
 
 class _TernaryMixin:
     """Projects weights of ``ternary`` rules before qwix quantizes them."""
 
-    def __init__(self, rules: Sequence[qwix.QuantizationRule], *, ternary: Sequence[bool],
+    def __init__(self, rules: Sequence[qwix.QuantizationRule], *, ternary: Sequence[str | None],
                  running_max: Sequence[str] = ()):
         super().__init__(rules)  # type: ignore[call-arg]
         self._ternary_paths = [(r.module_path, t) for r, t in zip(rules, ternary, strict=True)]
         self._running_max = frozenset(running_max)
 
-    def _is_ternary(self) -> bool:
+    def _ternary_scale(self) -> str | None:
+        """``tensor`` or ``channel`` for a layer of a ternary rule, None for any other."""
         path = "/".join(map(str, flax_util.get_current_module_path()))
-        for pattern, is_ternary in self._ternary_paths:
+        for pattern, scale in self._ternary_paths:
             if re.fullmatch(pattern, path):
-                return is_ternary
-        return False
+                return scale
+        return None
 
     def dot_general(self, lhs, rhs, *args, **kwargs):
-        if isinstance(rhs, jax.Array) and self._is_ternary() and flax_util.find_param(rhs):
-            rhs = ternary_ste(rhs)
+        if isinstance(rhs, jax.Array) and (scale := self._ternary_scale()) and flax_util.find_param(rhs):
+            rhs = ternary_ste(rhs, per_channel=scale == "channel")
         return super().dot_general(lhs, rhs, *args, **kwargs)  # type: ignore[misc]
 
 
@@ -264,7 +268,7 @@ def quantize(
     _check_bwd(mode, bwd_qtype)
     expanded = _expand(rules, analog_inputs, paths)
     qrules = [_qwix_rule(r, path, is_analog, mode, bwd_qtype) for r, path, is_analog in expanded]
-    ternary = [r.weight_qtype == "ternary" for r, _, _ in expanded]
+    ternary = [r.ternary_scale if r.weight_qtype == "ternary" else None for r, _, _ in expanded]
     cls = PtqProvider if mode in ("ptq", "srq") else QtProvider
     running_max = [p for p in analog_inputs if any(a and r.act_calibration_method == "spikes"
                                                     for r, _, a in expanded if r.act_qtype)]

@@ -19,6 +19,7 @@ FLOAT_QTYPES = ("nf4", "float8_e4m3fn", "float8_e5m2", "mxfp8", "mxfp4", "nvfp4"
 WEIGHT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES, "ternary")
 ACT_QTYPES = (*INT_QTYPES, *FLOAT_QTYPES)
 CALIBRATION_METHODS = ("absmax", "minmax", "rms", "fixed", "spikes")
+TERNARY_SCALES = ("tensor", "channel")  # one absmean scale per matrix, or per output channel
 # Sub-channel block size each microscaling format requires: qwix refuses any
 # other tile, so ``tile_size: null`` means this size for these formats.
 BLOCK_SIZES = {"mxfp8": 32, "mxfp4": 32, "nvfp4": 16}
@@ -49,6 +50,9 @@ class Rule:
     # Sub-channel tile size along the contraction axis, or None: none, or for
     # mxfp8/mxfp4/nvfp4 their block size (BLOCK_SIZES).
     tile_size: int | float | None = None
+    # ternary only: one absmean scale per matrix ("tensor", BitNet b1.58) or
+    # per output channel ("channel": each neuron's own mean|w|, TWN-style).
+    ternary_scale: str = "tensor"
 
 
 def parse_recipe(rules: Sequence[Mapping[str, Any]] | None) -> list[Rule]:
@@ -87,6 +91,10 @@ def parse_recipe(rules: Sequence[Mapping[str, Any]] | None) -> list[Rule]:
             _check_choice(f"{where}.{name}", method, CALIBRATION_METHODS)
         if rule.weight_calibration_method.startswith("spikes"):
             raise RecipeError(f"{where}.weight_calibration_method: 'spikes' is for activations only")
+        _check_choice(f"{where}.ternary_scale", rule.ternary_scale, TERNARY_SCALES)
+        if rule.ternary_scale != "tensor" and rule.weight_qtype != "ternary":
+            raise RecipeError(f"{where}.ternary_scale={rule.ternary_scale!r} is for weight_qtype: ternary; "
+                              f"weight_qtype={rule.weight_qtype!r} has qwix's per-channel scales already")
         if rule.weight_qtype == "ternary" and rule.tile_size is not None:
             raise RecipeError(f"{where}: ternary uses one absmean scale; tile_size must be null")
         _check_blocks(where, rule)

@@ -33,7 +33,7 @@ from snnexp import checkpoint, confdir, metrics, quant
 from snnexp.errors import ConfigError
 from snnexp.export import sidecar
 from snnexp.hardware import Profile, integer
-from snnexp.hardware.qat import IntegerGrid, grid_qtypes, spike_agreement
+from snnexp.hardware.qat import IntegerGrid, grid_channels, grid_qtypes, spike_agreement
 from snnexp.rundir import RunDir
 from snnexp.train import fp32_cache
 from snnexp.train.fp32_cache import Fp32Cache
@@ -393,7 +393,8 @@ def training_model(mode: Literal["fp32", "qat", "qt"], model: nnx.Module, rules:
     if hardware is None or not hardware.integer:
         return qmodel
     binary, scale = integer.input_coding(x_train, hardware)
-    qmodel.integer_grid = IntegerGrid(hardware, grid_qtypes(model, rules), binary, scale)
+    qmodel.integer_grid = IntegerGrid(hardware, grid_qtypes(model, rules), binary, scale,
+                                      per_channel=grid_channels(model, rules))
     return qmodel
 
 
