@@ -5,7 +5,7 @@
 
 For each data set, one fp32 network is trained (seed 0) and every job
 restores it (``mode.fp32_checkpoint``), then fine-tunes it with QAT for each
-recipe (w8a8, w4a8, ternary) and each ``hardware`` (``float``: integer weights,
+recipe (w8a8, w4a8, ternary, ternary_channel) and each ``hardware`` (``float``: integer weights,
 float neuron state; ``int``, ``loihi``, ``xylo``: integer state, leak and
 threshold on the profile's grid, evaluated as the integer network). Writes
 ``bench/results/hardware.{json,md}``; the README's table is the markdown one.
@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from snnexp.train.experiment import run  # noqa: E402
 
 DATASETS = {"digits": [], "mnist1d_recurrent": ["experiment=mnist1d_recurrent"]}
-RECIPES = ("w8a8", "w4a8", "ternary")
+RECIPES = ("w8a8", "w4a8", "ternary", "ternary_channel")
 HARDWARE = ("float", "int", "loihi", "xylo")
 
 
