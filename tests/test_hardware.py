@@ -128,6 +128,20 @@ def test_a_mixed_layer_is_counted_and_packed_at_each_matrixs_own_width(tmp_path)
     np.testing.assert_array_equal(ref.array(ref.meta["layers"][0], "weight"), layer.weight)
 
 
+def test_the_grid_refuses_a_layer_whose_matrices_differ_in_ternary_scale():
+    from snnexp import quant
+    from snnexp.hardware.qat import grid_channels, grid_qtypes
+
+    model = build.model(make_cfg("model=recurrent", "model.hidden=[8]"), 4, 3)
+    mixed = quant.parse_recipe([{"module_path": "rec/.*", "weight_qtype": "ternary", "ternary_scale": "channel"},
+                                {"module_path": ".*", "weight_qtype": "ternary"}])
+    with pytest.raises(HardwareError, match=r"fc/0 is ternary and rec/0 is ternary \(ternary_scale: channel\)"):
+        grid_qtypes(model, mixed)
+    same = quant.parse_recipe([{"module_path": "readout", "weight_qtype": "int8"},
+                               {"module_path": ".*", "weight_qtype": "ternary", "ternary_scale": "channel"}])
+    assert grid_qtypes(model, same) == ("ternary", "int8") and grid_channels(model, same) == (True, False)
+
+
 def test_two_ternary_matrices_of_one_neuron_enter_by_the_nearest_power_of_two():
     """quant=ternary: ``fc/i`` and ``rec/i`` have independent scales and no shift maps both exactly. The
     coarser enters by the power of two nearest its worth (within sqrt(2)), its +-1 codes unchanged; with

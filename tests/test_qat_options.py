@@ -179,7 +179,8 @@ def test_stage_options_are_checked_with_the_valid_choices():
         ("w8a8", 1), ("ternary", 0)]
     for bad, match in [
         ([{"quant": "w9a8", "epochs": 1}], r"mode.stages\[0\].quant='w9a8' is not a recipe of conf/quant; "
-                                           r"valid choices: \['bits', 'fp32', 'ternary', 'ternary_channel', 'w4a8', 'w8a8'"),
+                                           r"valid choices: \['bits', 'fp32', 'ternary', 'ternary_channel', "
+                                           r"'w4a8', 'w8a8'"),
         ([{"quant": "w8a8", "epochs": 1}, {"quant": "w4a8"}], r"mode.stages\[1\] has no epochs"),
         ([{"quant": "w8a8", "epochs": -1}], r"mode.stages\[0\].epochs=-1 must be an integer >= 0"),
         ([{"quant": "w8a8", "epochs": 1, "lr": 2}], r"mode.stages\[0\].lr is not a key of a stage"),

@@ -356,10 +356,10 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
                ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """One unit per neuron (or per layer) for the matrices that feed the same neurons.
 
-    The unit is the finest worth among the matrices with a nonzero code for the neuron, at
-    least ``floor``; a coarser matrix's sum enters
-    shifted left by ``k = entry_shift(worth / unit)`` bits (per neuron): ``ceil(log2)``,
-    its codes re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
+    The unit is the finest worth among the matrices with a nonzero code for the neuron,
+    at least ``floor``; a coarser matrix's sum enters shifted left by
+    ``k = entry_shift(worth / unit)`` bits (per neuron): ``ceil(log2)``, its codes
+    re-rounded by the remaining factor ``worth / (unit * 2**k)`` in ``(0.5, 1]``
     (1: the codes are unchanged, as for a layer fed by one matrix); a matrix finer
     than a floored unit keeps ``k = 0`` and its codes are re-rounded by ``worth / unit < 1``.
     Ternary codes cannot be re-rounded down, so a ternary matrix enters by the nearest

@@ -77,8 +77,8 @@ def grid_qtypes(model: nnx.Module, rules: Any) -> tuple[str | None, ...]:
     """The weight qtype per layer of ``IntegerGrid`` (``fc/i`` of each hidden layer, then ``readout``).
 
     Raises:
-        HardwareError: a recurrent layer whose ``rec/i`` has another qtype than its
-            ``fc/i`` (``quant=w8in_ternary``): the grid shares one qtype per layer. Train
+        HardwareError: a recurrent layer whose ``rec/i`` has another qtype (or another
+            ``ternary_scale``) than its ``fc/i`` (``quant=w8in_ternary``): the grid shares one qtype per layer. Train
             such a recipe with ``hardware=float`` and map it with ``snnexp.export --hardware``.
     """
     from snnexp import metrics

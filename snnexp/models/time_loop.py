@@ -102,8 +102,6 @@ def li_readout(readout: nnx.Linear, li: LI, spikes: jax.Array) -> jax.Array:
     return jnp.swapaxes(out, 0, 1)
 
 
-
-
 def dropout_masks(key: jax.Array | None, rate: float, batch: int, widths: Sequence[int], dtype: Any,
                   steps: int) -> tuple[jax.Array, ...]:
     """Variational dropout masks of the hidden spikes: one per sequence and neuron, the same at every step.
