@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption. The fp32 cache is one of them: a run's own
 # checkpoints/fp32 comes before the cache, and a network from the cache is the one the run would train.
 RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective", "report", "fp32_cache", "fp32_cache_dir")
+# Keys added after run directories were written, each with the value that does what a run without it did:
+# a stored config that lacks the key resumes under that value (and only under it).
+ADDED_KEYS: dict[str, Any] = {"trainer.augment.dropout": 0.0}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -44,12 +47,15 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain config trees (launch-only keys left out)."""
+    """Dotted keys whose values differ between two plain config trees (launch-only keys left out).
+
+    A key of ``ADDED_KEYS`` missing from ``old`` counts as holding its neutral value there.
+    """
     diffs = []
     for key in sorted(set(old) | set(new)):
         if not prefix and key in RESUME_FREE_KEYS:
             continue
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, ADDED_KEYS.get(f"{prefix}{key}")), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += config_diff(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -134,6 +134,19 @@ def test_finished_run_is_not_run_again(tmp_path):
     assert (tmp_path / "metrics.json").stat().st_mtime_ns == stamp
 
 
+def test_a_run_written_before_a_key_existed_resumes_under_its_neutral_value_only():
+    """A run directory from before ``trainer.augment.dropout`` existed resumes with dropout 0, not with 0.2."""
+    from snnexp.rundir import config_diff
+
+    old = {"seed": 0, "trainer": {"epochs": 3, "augment": {"shift": 4, "noise": 0.0}}}
+    now = {"seed": 0, "trainer": {"epochs": 3, "augment": {"shift": 4, "noise": 0.0, "dropout": 0.0}}}
+    assert config_diff(old, now) == []
+    now["trainer"]["augment"]["dropout"] = 0.2
+    assert config_diff(old, now) == ["trainer.augment.dropout: 0.0 -> 0.2"]
+    del now["trainer"]["augment"]["noise"]
+    assert "trainer.augment.noise: 0.0 -> None" in config_diff(old, now)  # any other missing key still differs
+
+
 @pytest.mark.slow
 def test_another_config_in_the_same_directory_is_refused(tmp_path):
     run(make_cfg("debug=fast"), tmp_path)
