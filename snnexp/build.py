@@ -231,12 +231,12 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
         ``(model, sample)``: the float network and one input ``[1, T, F]``.
     """
     net = model(cfg, data.features, data.n_classes)
-    check_dropout(cfg, net, settings.augment.dropout)
+    profile = hardware(cfg)
+    check_dropout(cfg, net, settings.augment.dropout, profile)
     bs, ebs, t = settings.batch_size, settings.eval_batch_size, data.steps
     quant.check_shapes(net, [1, bs, ebs, bs * t, ebs * t, t])
     # analog if any input is: quant.quantize decides from it whether the input layer is fed spikes
     sample = jnp.asarray(quant.representative_sample(data.x_train))
-    profile = hardware(cfg)
     if profile.integer:  # the neuron, model and recipe must have an integer form, before any compute
         dry = quant.quantize(net, rules, "ptq", sample)  # a rule that matches nothing fails here
         IntegerNetwork.from_deployed(dry, rules, profile, np.asarray(sample))
@@ -247,7 +247,7 @@ def network(cfg: DictConfig, data: Dataset, rules: list[quant.Rule],
     return net, sample
 
 
-def check_dropout(cfg: DictConfig, net: nnx.Module, rate: float) -> None:
+def check_dropout(cfg: DictConfig, net: nnx.Module, rate: float, profile: Profile) -> None:
     """Refuses ``trainer.augment.dropout`` where it would not apply, before any compute.
 
     Raises:
@@ -259,7 +259,7 @@ def check_dropout(cfg: DictConfig, net: nnx.Module, rate: float) -> None:
     if not isinstance(net, FeedForwardSNN):
         raise ConfigError(f"trainer.augment.dropout={rate!r}: {type(net).__name__} has no dropout; valid "
                           "choices: model=feedforward or model=recurrent, or trainer.augment.dropout=0")
-    if hardware(cfg).integer and cfg.mode.name in ("qat", "qt"):
+    if profile.integer and cfg.mode.name in ("qat", "qt"):
         raise ConfigError(f"trainer.augment.dropout={rate!r}: hardware={cfg.hardware.name} with mode="
                           f"{cfg.mode.name} fine-tunes on the integer grid, which has no dropout; use "
                           "trainer.augment.dropout=0 or hardware=float")

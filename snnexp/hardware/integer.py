@@ -351,6 +351,30 @@ def unit_floor(theta: float, profile: Profile) -> np.float32:
     return np.float32(theta) / np.float32(2**profile.threshold_bits - 1)
 
 
+def finest_unit(codes: Sequence[Any], worth: Sequence[Any], *, per_neuron: bool, floor: float | None = None,
+                xp: Any = np) -> Any:
+    """The unit before any shift (``share_unit`` and the QAT grid): the finest worth, at least ``floor``.
+
+    Only a matrix with a nonzero code for the neuron counts: an all-zero column (qwix
+    stores its scale as 1.0) carries no worth. A neuron fed no code at all gets 1.
+
+    Args:
+        codes: codes ``[n_in, H]`` per matrix; worth: one code's value ``[H]`` per matrix (float32).
+        per_neuron: one unit per neuron, or the finest for all (the readout).
+        floor: the smallest unit (``unit_floor``), or None.
+        xp: ``numpy`` or ``jax.numpy``.
+
+    Returns:
+        ``unit [H]`` (float32).
+    """
+    stack = xp.stack([xp.where((w > 0) & xp.any(c != 0, axis=0), w, xp.inf) for c, w in zip(codes, worth, strict=True)])
+    unit = xp.min(stack, axis=0)
+    if not per_neuron:
+        unit = xp.full_like(unit, xp.min(unit))
+    unit = xp.where(xp.isfinite(unit), unit, 1.0).astype(np.float32)
+    return unit if floor is None else xp.maximum(unit, np.float32(floor))
+
+
 def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes: Sequence[str], *,
                per_neuron: bool, floor: np.float32 | None = None
                ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -386,14 +410,7 @@ def share_unit(codes: Sequence[np.ndarray], worth: Sequence[np.ndarray], qtypes:
         ``(codes, unit [H], shifts)``: re-rounded codes and a shift ``[H]`` (int32) per matrix.
     """
     worth = [np.asarray(w, np.float32) for w in worth]  # float32, as the QAT grid computes it
-    # a neuron's all-zero column carries no worth (qwix stores its scale as 1.0): it takes no part in the unit
-    stack = np.stack([np.where((w > 0) & np.any(c != 0, axis=0), w, np.inf) for c, w in zip(codes, worth, strict=True)])
-    unit = np.min(stack, axis=0)
-    if not per_neuron:
-        unit = np.full_like(unit, np.min(unit))
-    unit = np.where(np.isfinite(unit), unit, np.float32(1.0)).astype(np.float32)
-    if floor is not None:
-        unit = np.maximum(unit, np.float32(floor))
+    unit = finest_unit(codes, worth, per_neuron=per_neuron, floor=floor)
     if len(set(qtypes)) > 1:  # keep the coarsest-coded matrix exact: it enters by a power of two
         j = int(np.argmin([code_bits(q) for q in qtypes]))
         w = worth[j]

@@ -28,6 +28,7 @@ from snnexp.hardware.integer import (
     code_bits,
     code_range,
     entry_shift,
+    finest_unit,
     neuron_kind,
     simulate,
     unit_floor,
@@ -162,15 +163,10 @@ class IntegerGrid:
         out = []
         sources = self._sources(m)
         for i, layer in enumerate(sources):
-            # as share_unit: a neuron's all-zero column takes no part in its unit
-            worth = jnp.stack([jnp.where((w > 0) & jnp.any(c != 0, axis=0), w, jnp.inf) for c, w in layer])
-            unit = jnp.min(worth, axis=0)
-            if i == len(sources) - 1:
-                unit = jnp.broadcast_to(jnp.min(unit), unit.shape)
-            unit = jnp.where(jnp.isfinite(unit), unit, 1.0)
-            if i < len(sources) - 1:  # a hidden layer: its threshold fits threshold_bits
-                unit = jnp.maximum(unit, unit_floor(float(m.neurons[i].threshold), self.profile))
-            unit = jax.lax.stop_gradient(unit)
+            hidden = i < len(sources) - 1  # a hidden layer: its threshold fits threshold_bits
+            floor = unit_floor(float(m.neurons[i].threshold), self.profile) if hidden else None
+            unit = jax.lax.stop_gradient(finest_unit([c for c, _ in layer], [w for _, w in layer], per_neuron=hidden,
+                                                     floor=floor, xp=jnp))
             lo, hi = code_range(self.qtypes[i])
             mats = []
             for codes, w in layer:
