@@ -16,7 +16,7 @@ from snnexp import quant
 from snnexp.train import ConfigError, run
 from tests.conftest import make_cfg
 
-RECIPES = ["fp32", "w8a8", "w4a8", "weights_only", "ternary"]
+RECIPES = ["fp32", "w8a8", "w4a8", "weights_only", "ternary", "ternary_channel"]
 MODES = ["qat", "qt", "ptq", "srq"]
 METRIC_KEYS = {
     "fp32_accuracy", "quant_accuracy", "accuracy_drop", "weight_bytes_fp32", "weight_bytes_quant",
@@ -43,7 +43,7 @@ def test_every_recipe_and_mode_runs(recipe, mode, tmp_path):
     if recipe == "fp32":
         assert m["weight_bytes_quant"] == m["weight_bytes_fp32"] and m["bits_per_weight"] == 32
     else:
-        expected_bits = {"w8a8": 8, "weights_only": 8, "w4a8": 4, "ternary": 4}[recipe]
+        expected_bits = {"w8a8": 8, "weights_only": 8, "w4a8": 4, "ternary": 4, "ternary_channel": 4}[recipe]
         scales = (24 + 4) * 32  # one float32 scale per output channel
         assert m["bits_per_weight"] == pytest.approx((n_weights * expected_bits + scales) / n_weights)
         assert m["weight_bytes_quant"] < m["weight_bytes_fp32"] / 2.5
