@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 RESUME_FREE_KEYS = ("resume", "logger", "compile_cache", "objective", "report", "fp32_cache", "fp32_cache_dir")
 # Keys added after run directories were written, each with the value that does what a run without it did:
 # a stored config that lacks the key resumes under that value (and only under it).
-ADDED_KEYS: dict[str, Any] = {"trainer.augment.dropout": 0.0}
+ADDED_KEYS: dict[str, Any] = {"trainer.augment.dropout": 0.0, "data.repeat": 1}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

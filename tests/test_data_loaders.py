@@ -112,6 +112,22 @@ def test_mnist1d_encodings(mnist1d_cache, encoding, features):
         assert (ds.x_train.sum(axis=2) == 1).all()
 
 
+@pytest.mark.parametrize("encoding", ["current", "delta", "level"])
+def test_mnist1d_repeat_holds_each_point(mnist1d_cache, encoding):
+    """``repeat=2``: T=80, each of the 40 points held for 2 steps; delta fires on the first step of a hold alone."""
+    cache, _ = mnist1d_cache
+    once = mnist1d.load(encoding=encoding, cache_dir=str(cache))
+    held = mnist1d.load(encoding=encoding, cache_dir=str(cache), repeat=2)
+    assert held.x_train.shape == (4000, 80, once.x_train.shape[2]) and held.x_test.shape[1] == 80
+    np.testing.assert_array_equal(held.y_test, once.y_test)
+    if encoding == "delta":  # the held copy of a point has not moved: no spike on it
+        np.testing.assert_array_equal(held.x_test[:, 0::2], once.x_test)
+        assert not held.x_test[:, 1::2].any()
+    else:
+        np.testing.assert_array_equal(held.x_test[:, 0::2], once.x_test)
+        np.testing.assert_array_equal(held.x_test[:, 1::2], once.x_test)
+
+
 def test_mnist1d_delta_tracks_the_last_spike():
     x = np.array([[0.0, 0.05, 0.2, 0.25, 0.05, 0.0, -0.2]])
     spikes = mnist1d._delta(x, threshold=0.1)
@@ -127,6 +143,8 @@ def test_mnist1d_delta_tracks_the_last_spike():
         ({"encoding": "delta", "threshold": 0.0}, "threshold must be positive, got 0.0"),
         ({"encoding": "level", "levels": 1}, "levels must be an integer >= 2, got 1"),
         ({"eval_split": "val"}, r"eval_split='val'; valid choices: \['test', 'validation'\]"),
+        ({"repeat": 0}, "repeat must be an integer >= 1, got 0"),
+        ({"repeat": 1.5}, "repeat must be an integer >= 1, got 1.5"),
     ],
 )
 def test_mnist1d_bad_arguments(kwargs, match, monkeypatch):

@@ -145,6 +145,12 @@ def test_a_run_written_before_a_key_existed_resumes_under_its_neutral_value_only
     assert config_diff(old, now) == ["trainer.augment.dropout: 0.0 -> 0.2"]
     del now["trainer"]["augment"]["noise"]
     assert "trainer.augment.noise: 0.0 -> None" in config_diff(old, now)  # any other missing key still differs
+    # data.repeat (MNIST-1D): a run from before it held each point for one step
+    old_data, now_data = {"data": {"name": "mnist1d"}}, {"data": {"name": "mnist1d", "repeat": 1}}
+    assert config_diff(old_data, now_data) == []
+    now_data["data"]["repeat"] = 2
+    assert config_diff(old_data, now_data) == ["data.repeat: 1 -> 2"]
+    assert config_diff({"data": {"name": "yinyang"}}, {"data": {"name": "yinyang"}}) == []  # no key, no diff
 
 
 @pytest.mark.slow

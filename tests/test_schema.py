@@ -102,6 +102,7 @@ BAD: dict[str, list[str]] = {
     "data.features": POSITIVE_INT,
     "data.n_classes": POSITIVE_INT,
     "data.eval_split": ["train", "3"],
+    "data.repeat": POSITIVE_INT,
     "data.train_seed": ["-1", "0.5", "abc"],
     "data.validation_seed": ["-1", "0.5", "abc"],
     "data.test_seed": ["-1", "0.5", "abc"],

@@ -8,7 +8,9 @@ calls the generator (``mnist1d.data.make_dataset``) with the reference
 arguments (``get_dataset_args()``) and never its ``get_dataset``, the one
 function that can download. So no code path here touches the network.
 
-Each sequence becomes a time series of T=40 steps:
+Each sequence becomes a time series of T=40 steps (40 x ``repeat`` with each
+point held for ``repeat`` consecutive steps, so the network integrates each
+point over more steps: ``repeat=2`` gives T=80):
 
 * ``current``: the analog value itself as input current (F=1), centred by the
   train mean and divided by the 99th percentile of the train magnitudes, so
@@ -179,8 +181,9 @@ def load(
     cache_dir: str | None = "~/.cache/snnexp/mnist1d",
     seed: int = REFERENCE_SEED,
     eval_split: str = "test",
+    repeat: int = 1,
 ) -> Dataset:
-    """Load MNIST-1D as a time series of T=40 steps.
+    """Load MNIST-1D as a time series of T = 40 x ``repeat`` steps.
 
     Args:
         encoding: ``current`` (F=1), ``delta`` (F=2) or ``level`` (F=levels).
@@ -195,11 +198,14 @@ def load(
             on the 1000 test ones (the published protocol). ``validation``:
             train on the first 3500, evaluate on the last 500 training
             sequences, the test set unseen (for a hyperparameter search).
+        repeat: steps each of the 40 points is held for (encoded after
+            holding: ``delta`` fires on the first step of a held point
+            alone); a positive integer.
 
     Returns:
-        A ``Dataset`` with ``x_train`` ``[4000, 40, F]`` and ``x_test``
-        ``[1000, 40, F]`` float32 (``[3500, 40, F]`` and ``[500, 40, F]`` for
-        ``validation``), labels int32 in [0, 10).
+        A ``Dataset`` with ``x_train`` ``[4000, T, F]`` and ``x_test``
+        ``[1000, T, F]`` float32 (``[3500, T, F]`` and ``[500, T, F]`` for
+        ``validation``), T = 40 x ``repeat``, labels int32 in [0, 10).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"data.encoding={encoding!r}; valid choices: {list(ENCODINGS)}")
@@ -209,6 +215,9 @@ def load(
         raise ValueError(f"data.threshold must be positive, got {threshold}")
     if encoding == "level" and (int(levels) != levels or levels < 2):
         raise ValueError(f"data.levels must be an integer >= 2, got {levels}")
+    if isinstance(repeat, bool) or int(repeat) != repeat or repeat < 1:
+        raise ValueError(f"data.repeat must be an integer >= 1, got {repeat}")
+    repeat = int(repeat)
 
     raw = generate(seed, cache_dir)
     x_train, y_train, x_test, y_test = raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"]
@@ -221,6 +230,7 @@ def load(
     x_test = (x_test - centre) / scale
 
     def encode(x: np.ndarray) -> np.ndarray:
+        x = np.repeat(x, repeat, axis=1)  # each point held for `repeat` steps
         if encoding == "current":
             return x[..., None].astype(np.float32)
         if encoding == "delta":

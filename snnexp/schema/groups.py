@@ -59,6 +59,7 @@ class Mnist1dData(Target):
     cache_dir: str | None = spec()
     seed: int = spec(at_least(0))
     eval_split: str = spec(one_of(mnist1d.EVAL_SPLITS))
+    repeat: int = spec(at_least(1))
 
 
 @dataclass
