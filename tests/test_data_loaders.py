@@ -174,6 +174,9 @@ def test_mnist1d_config_builds(mnist1d_cache):
     cfg = make_cfg("data=mnist1d", f"data.cache_dir={mnist1d_cache[0]}", "data.encoding=delta")
     ds = build.data(cfg)
     assert ds.name == cfg.data.name and ds.x_train.shape == (4000, 40, 2)
+    # the tuned preset holds each point for 2 steps (data.repeat=2), through the config
+    preset = make_cfg("experiment=mnist1d_recurrent_256", f"data.cache_dir={mnist1d_cache[0]}")
+    assert preset.data.repeat == 2 and build.data(preset).x_test.shape == (1000, 80, 1)
 
 
 # ---------------------------------------------------------------- SHD
