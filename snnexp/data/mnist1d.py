@@ -215,9 +215,8 @@ def load(
         raise ValueError(f"data.threshold must be positive, got {threshold}")
     if encoding == "level" and (int(levels) != levels or levels < 2):
         raise ValueError(f"data.levels must be an integer >= 2, got {levels}")
-    if isinstance(repeat, bool) or int(repeat) != repeat or repeat < 1:
+    if int(repeat) != repeat or repeat < 1:
         raise ValueError(f"data.repeat must be an integer >= 1, got {repeat}")
-    repeat = int(repeat)
 
     raw = generate(seed, cache_dir)
     x_train, y_train, x_test, y_test = raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"]
@@ -230,7 +229,7 @@ def load(
     x_test = (x_test - centre) / scale
 
     def encode(x: np.ndarray) -> np.ndarray:
-        x = np.repeat(x, repeat, axis=1)  # each point held for `repeat` steps
+        x = np.repeat(x, int(repeat), axis=1)  # each point held for `repeat` steps
         if encoding == "current":
             return x[..., None].astype(np.float32)
         if encoding == "delta":
