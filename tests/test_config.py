@@ -181,3 +181,37 @@ def test_the_qat_ablation_sweep_composes_to_its_grid():
     params = c.hydra.sweeper.params
     assert params.finetune.split(",") == ["plain", "schedule", "distill", "stages", "all"]
     assert params.quant.split(",") == ["ternary", "w4a8"] and params.seed.split(",") == ["0", "1", "2"]
+
+
+def _tuning_files() -> list[tuple[str, str]]:
+    """``(preset, recipe)`` of every ``conf/qat_tuning/<preset>/<recipe>.yaml``."""
+    return sorted((p.parent.name, p.stem) for p in Path(CONF_DIR, "qat_tuning").glob("*/*.yaml"))
+
+
+def test_every_qat_tuning_file_names_a_preset_and_a_recipe():
+    # train.yaml picks qat_tuning=<experiment>/<quant> as an optional default: a misspelt file is skipped in silence
+    assert _tuning_files(), "conf/qat_tuning holds no preset"
+    for preset, recipe in _tuning_files():
+        assert preset in options("experiment"), f"conf/qat_tuning/{preset}: no experiment={preset}"
+        assert recipe in options("quant"), f"conf/qat_tuning/{preset}/{recipe}.yaml: no quant={recipe}"
+
+
+@pytest.mark.parametrize("preset", ["mnist1d_recurrent_256", "mnist1d_recurrent_256_quant"])
+def test_a_preset_fine_tunes_each_recipe_as_its_qat_tuning_file_says(preset):
+    from omegaconf import OmegaConf
+
+    # a recipe with no file fine-tunes as the preset itself says
+    base = make_cfg("experiment=mnist1d_recurrent_256", "quant=w8in_w6a8").mode
+    assert (base.quant_epochs, base.lr_scale) == (5, 0.5)
+    tuned = {r for p, r in _tuning_files() if p == "mnist1d_recurrent_256"}
+    assert {"fp32", "w8a8", "w4a8", "ternary", "ternary_channel"} <= tuned
+    for recipe in sorted(tuned):
+        mode = make_cfg(f"experiment={preset}", f"quant={recipe}").mode
+        own = OmegaConf.load(Path(CONF_DIR, "qat_tuning", "mnist1d_recurrent_256", f"{recipe}.yaml")).mode
+        want = {"quant_epochs": base.quant_epochs, "lr_scale": base.lr_scale, **own}
+        assert (mode.quant_epochs, mode.lr_scale) == (want["quant_epochs"], want["lr_scale"]), (preset, recipe)
+        schema.validate(make_cfg(f"experiment={preset}", f"quant={recipe}"))
+    # the command line still wins, and ~qat_tuning (Hydra's delete) switches the file off
+    assert make_cfg(f"experiment={preset}", "quant=w8a8", "mode.lr_scale=0.7").mode.lr_scale == 0.7
+    assert make_cfg(f"experiment={preset}", "quant=w8a8", "~qat_tuning").mode.lr_scale == 0.5
+    assert make_cfg("quant=w8a8").mode.lr_scale == 0.5  # no experiment: no tuning
