@@ -237,10 +237,14 @@ def to_nir(model: nnx.Module, dt: float = 1e-3) -> nir.NIRGraph:
     Raises:
         ValueError: the model is not one of ``SUPPORTED_MODELS`` (``ConvSNN``
             included), a neuron is not one of ``SUPPORTED_NEURONS`` (NIR has no
-            ALIF), a kernel is still quantized, a decay is 1, or ``dt <= 0``.
+            ALIF), a kernel is still quantized, a decay is 1, ``dt <= 0``, or the
+            model has an input delay line (``model.input_delays > 1``: not implemented yet).
     """
     if isinstance(model, ConvSNN) or not isinstance(model, FeedForwardSNN):
         raise ValueError(f"to_nir takes a {' or '.join(SUPPORTED_MODELS)}, got {type(model).__name__}")
+    if model.input_delays > 1:
+        raise ValueError(f"model.input_delays={model.input_delays}: NIR export of a delay line is not "
+                         "implemented yet; export a run with model.input_delays=1")
     if not dt > 0:
         raise ValueError(f"dt={dt!r} must be a positive number of seconds")
     sizes = model.layer_sizes()

@@ -195,6 +195,9 @@ class IntegerNetwork:
         if not hasattr(deployed, "neurons") or not hasattr(deployed, "fc") or hasattr(deployed, "conv"):
             raise HardwareError(f"integer neuron state supports model=feedforward and recurrent; "
                                 f"got {type(deployed).__name__}")
+        if deployed.input_delays > 1:
+            raise HardwareError(f"model.input_delays={deployed.input_delays}: the integer network has no delay "
+                                "line yet; use model.input_delays=1 or hardware=float")
         mats = {m.path: m for m in metrics.matrices(deployed)}
         binary, in_scale = input_coding(x_train, profile)
 

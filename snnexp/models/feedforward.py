@@ -44,6 +44,8 @@ class FeedForwardSNN(nnx.Module):
         readout_beta: float | None = 0.9,
         *,
         readout: str = "mean",
+        input_delays: int = 1,
+        delay_stride: int = 1,
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -58,12 +60,21 @@ class FeedForwardSNN(nnx.Module):
                 class (``snnexp.models.decays``: the decays of ``neuron`` too).
             readout: how the LI membrane over time becomes the class scores:
                 ``mean``, ``max`` or ``last`` step (``time_loop.readout_logits``).
+            input_delays: synaptic delays per input channel ``D``: each input reaches
+                ``fc/0`` ``D`` times, delayed by ``0, s, ..., (D-1) s`` steps (a causal
+                temporal convolution of the input, ``fc/0`` then has ``F * D`` inputs).
+                1 is no delay line.
+            delay_stride: ``s``, the steps between two delays.
             rngs: random streams for the parameters.
         """
         if not hidden:
             raise ValueError("model.hidden must name at least one hidden layer, got []")
+        for name, v in (("input_delays", input_delays), ("delay_stride", delay_stride)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"model.{name}={v!r}: must be an integer >= 1")
         self.readout_mode = check_readout(readout)
-        sizes = [n_in, *hidden]
+        self.input_delays, self.delay_stride = input_delays, delay_stride
+        sizes = [n_in * input_delays, *hidden]
         self.fc = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
@@ -82,13 +93,35 @@ class FeedForwardSNN(nnx.Module):
         """
 
     def layer_sizes(self) -> list[int]:
-        """Widths ``[F, H_0, ..., H_{L-1}, n_out]``."""
-        return [self.fc[0].in_features, *(f.out_features for f in self.fc), self.readout.out_features]
+        """Widths ``[F, H_0, ..., H_{L-1}, n_out]`` (``F`` the input channels, before any delay line)."""
+        n_in = self.fc[0].in_features // self.input_delays
+        return [n_in, *(f.out_features for f in self.fc), self.readout.out_features]
+
+    def delay_line(self, x: jax.Array) -> jax.Array:
+        """The input as ``fc/0`` sees it: every channel at each of its delays.
+
+        Args:
+            x: inputs ``[B, T, F]``.
+
+        Returns:
+            ``[B, T, D * F]``; channels ``j * F .. (j + 1) * F - 1`` hold the input
+            delayed by ``j * delay_stride`` steps (zero before the sequence starts).
+            ``x`` itself when ``input_delays`` is 1.
+        """
+        if self.input_delays == 1:
+            return x
+        t = x.shape[1]
+        taps = [jnp.pad(x, ((0, 0), (j * self.delay_stride, 0), (0, 0)))[:, :t] for j in range(self.input_delays)]
+        return jnp.concatenate(taps, axis=-1)
 
     def synapses(self) -> list[tuple[int, int]]:
-        """``(neurons, fan-out)`` of the input and of each spiking layer."""
+        """``(neurons, fan-out)`` of the input and of each spiking layer.
+
+        An input channel reaches ``H_0`` synapses per delay: ``(F, D * H_0)`` first.
+        """
         sizes = self.layer_sizes()
-        return list(zip(sizes[:-1], sizes[1:], strict=True))
+        pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+        return [(sizes[0], sizes[1] * self.input_delays), *pairs[1:]]
 
     def _step(self, state: list[jax.Array], cur: jax.Array):
         """One time step of the hidden stack.
@@ -142,6 +175,7 @@ class FeedForwardSNN(nnx.Module):
             if dropout > 0.0:
                 raise ValueError(f"dropout={dropout!r}: the integer grid (snnexp.hardware.qat) trains without dropout")
             return self.integer_grid(self, x)
+        x = self.delay_line(x)
         b, t, n_in = x.shape
         cur = self.fc[0](x.reshape(b * t, n_in)).reshape(b, t, -1)
         cur = jnp.swapaxes(cur, 0, 1)  # [T, B, H0]

@@ -65,6 +65,8 @@ class RecurrentSNN(FeedForwardSNN):
         rec_gain: float = 1.0,
         *,
         readout: str = "mean",
+        input_delays: int = 1,
+        delay_stride: int = 1,
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -80,12 +82,15 @@ class RecurrentSNN(FeedForwardSNN):
             rec_gain: the recurrent kernels start as an orthogonal matrix times
                 ``rec_gain / sqrt(H)``; 0 starts without feedback.
             readout: ``mean``, ``max`` or ``last`` step of the LI membrane (``FeedForwardSNN``).
+            input_delays: synaptic delays per input channel (``FeedForwardSNN``).
+            delay_stride: steps between two of them.
             rngs: random streams for the parameters.
         """
         if rec_gain < 0:
             raise ValueError(f"model.rec_gain must be >= 0, got {rec_gain}")
         self.rec_gain = rec_gain
-        super().__init__(n_in, hidden, n_out, neuron, readout_beta, readout=readout, rngs=rngs)
+        super().__init__(n_in, hidden, n_out, neuron, readout_beta, readout=readout, input_delays=input_delays,
+                         delay_stride=delay_stride, rngs=rngs)
 
     def _init_layers(self, hidden: Sequence[int], *, rngs: nnx.Rngs) -> None:
         """The recurrent matrices ``rec/i`` ``[H_i, H_i]``, drawn right after ``fc``."""
@@ -101,10 +106,10 @@ class RecurrentSNN(FeedForwardSNN):
         """``(neurons, fan-out)`` of the input and of each spiking layer.
 
         A recurrent layer's fan-out counts its recurrent synapses too:
-        ``[(F, H_0), (H_0, H_0 + H_1), ..., (H_{L-1}, H_{L-1} + n_out)]``.
+        ``[(F, D * H_0), (H_0, H_0 + H_1), ..., (H_{L-1}, H_{L-1} + n_out)]``.
         """
         sizes = self.layer_sizes()
-        out = [(sizes[0], sizes[1])]
+        out = [(sizes[0], sizes[1] * self.input_delays)]
         for i, h in enumerate(sizes[1:-1]):
             out.append((h, h + sizes[i + 2]))
         return out

@@ -110,12 +110,20 @@ class YinYangData(Target):
 
 
 @dataclass
-class FeedForwardModel(Target):
-    """``conf/model/feedforward.yaml``: ``snnexp.models.FeedForwardSNN``."""
+class SpikingModel(Target):
+    """What every model takes: hidden widths and the LI readout."""
 
     hidden: list[int] = spec(WIDTHS)
     readout_beta: float | None = spec(DECAY)
     readout: str = spec(one_of(READOUTS))
+
+
+@dataclass
+class FeedForwardModel(SpikingModel):
+    """``conf/model/feedforward.yaml``: ``snnexp.models.FeedForwardSNN``."""
+
+    input_delays: int = spec(at_least(1, template=POSITIVE))
+    delay_stride: int = spec(at_least(1, template=POSITIVE))
 
 
 @dataclass
@@ -126,7 +134,7 @@ class RecurrentModel(FeedForwardModel):
 
 
 @dataclass
-class ConvModel(FeedForwardModel):
+class ConvModel(SpikingModel):
     """``conf/model/conv.yaml``: ``snnexp.models.ConvSNN``."""
 
     kernel_size: int | list[int] = spec(PER_LAYER)
