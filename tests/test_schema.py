@@ -113,6 +113,8 @@ BAD: dict[str, list[str]] = {
     "model.readout_beta": DECAY,
     "model.readout": CHOICE,
     "model.rec_gain": NONNEG,
+    "model.input_delays": POSITIVE_INT,
+    "model.delay_stride": POSITIVE_INT,
     "model.kernel_size": ["0", "[3,0]", "abc", "1.5"],
     "model.pool": ["0", "[2,0]", "abc"],
     "model.pooling": ["min", "3"],
