@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT, VERSIONS = "snnexp-integer", (1, 2)  # 2: the recurrent codes at their own width
+FORMAT, VERSIONS = "snnexp-integer", (1, 2, 3)  # 2: the recurrent codes at their own width; 3: input delays
 
 
 @dataclass
@@ -89,6 +89,23 @@ def encode(net: Network, x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x / np.float32(inp["scale"])), -q, q).astype(np.int64)
 
 
+def delayed(net: Network, codes: np.ndarray) -> np.ndarray:
+    """What layer 0 receives: ``[B, T, F]`` codes -> ``[B, T, D * F]``, row ``j * F + f`` input ``f`` at ``t - j * s``.
+
+    ``D = input.delays``, ``s = input.delay_stride`` (version 3; 1 and 1 before it, the codes unchanged);
+    a step before the sequence starts reads 0.
+    """
+    inp = net.meta["input"]
+    taps, stride = inp.get("delays", 1), inp.get("delay_stride", 1)
+    b, t, f = codes.shape
+    out = np.zeros((b, t, taps * f), codes.dtype)
+    for j in range(taps):
+        lag = j * stride
+        if lag < t:
+            out[:, lag:, j * f:(j + 1) * f] = codes[:, :t - lag]
+    return out
+
+
 def _fit(x: np.ndarray, bits: int, rule: str) -> tuple[np.ndarray, int]:
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     n = int(np.count_nonzero((x < lo) | (x > hi)))
@@ -107,7 +124,7 @@ def _leak(v: np.ndarray, d: np.ndarray, prof: dict[str, Any]) -> np.ndarray:
 
 
 def run(net: Network, codes: np.ndarray) -> dict[str, Any]:
-    """Runs input codes ``[B, T, F]`` through the network.
+    """Runs input codes ``[B, T, F]`` (``encode``'s) through the network, its delay line (``delayed``) first.
 
     Returns:
         ``{"out": [B, T, C] readout membrane, "spikes": [per hidden layer [T, B, H] int8],
@@ -115,7 +132,7 @@ def run(net: Network, codes: np.ndarray) -> dict[str, Any]:
     """
     prof = net.profile
     layers = net.meta["layers"]
-    codes = np.asarray(codes, np.int64)
+    codes = delayed(net, np.asarray(codes, np.int64))
     b, t, _ = codes.shape
     acc_bits, sbits = prof["accumulator_bits"], prof["state_bits"]
     acc_rule = prof["current_overflow"] or prof["overflow"]

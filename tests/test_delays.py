@@ -2,8 +2,9 @@
 
 A network with ``D`` delays per input channel must be exactly the network
 without delays fed the delayed copies of its input, built here with NumPy
-indexing; qwix must quantize the widened ``fc/0`` as any other; and the parts
-that have no delay line yet (the integer network, NIR export) refuse it by name.
+indexing; qwix must quantize the widened ``fc/0`` as any other; the integer
+network must delay its input codes as the NumPy reference does, read from the
+exported files alone (the NIR graph's ``Delay`` nodes: tests/test_nir_export.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 import spyx
 from flax import nnx
 
-from snnexp import quant
-from snnexp.export import nir_graph
+from snnexp import build, quant, reference, rundir
+from snnexp.export import export
+from snnexp.hardware import integer
 from snnexp.models import FeedForwardSNN, RecurrentSNN
 from snnexp.train import ConfigError, run
 from tests.conftest import make_cfg
@@ -107,7 +109,30 @@ def test_a_delayed_run_trains_and_records_its_synapses(tmp_path):
     assert m["synaptic_macs_per_sample"] == pytest.approx(3 * plain["synaptic_macs_per_sample"])
 
 
-def test_nir_export_refuses_a_delay_line():
-    delayed, _ = pair(FeedForwardSNN)
-    with pytest.raises(ValueError, match="model.input_delays=4: NIR export of a delay line is not implemented"):
-        nir_graph.to_nir(delayed)
+@pytest.mark.slow
+def test_an_integer_network_with_a_delay_line_is_the_references_spike_for_spike(tmp_path):
+    """Analog Yin-Yang currents through a delay line, trained on the integer grid and exported:
+    the NumPy reference delays the input codes as docs/export.md says and reproduces every spike."""
+    from tests.test_hardware import _assert_reference_agrees
+
+    path = tmp_path / "run"
+    m = run(make_cfg("data=yinyang", "data.steps=12", "model.hidden=[24]", "hardware=int", "mode=qat",
+                     "trainer.epochs=2", "mode.quant_epochs=1", "logger=none", "model.input_delays=3",
+                     "model.delay_stride=2"), path)
+    assert m["qat_spike_agreement"] >= 0.99
+    written = export(path)
+    assert {p.name for p in written} == {"network.nir", "integer.npz", "integer.json"}
+    cfg, deployed = rundir.load_deployed(path)
+    data = build.data(cfg)
+    x, y = np.asarray(data.x_test), np.asarray(data.y_test)
+    net = integer.IntegerNetwork.from_deployed(deployed, build.rules(cfg), build.hardware(cfg),
+                                               np.asarray(data.x_train))
+    assert not net.input_binary and net.layers[0].weight.shape[0] == 3 * 4  # analog inputs, 3 taps of 4 channels
+    ref = reference.load(path / "export")
+    assert (ref.meta["input"]["delays"], ref.meta["input"]["delay_stride"]) == (3, 2)
+    assert _assert_reference_agrees(path / "export", net, x, y) == pytest.approx(m["quant_accuracy"])
+    # the stride matters: the same files read at another stride fire other spikes
+    codes = reference.encode(ref, x[:64])
+    spikes = reference.run(ref, codes)["spikes"][0]
+    ref.meta["input"]["delay_stride"] = 1
+    assert not np.array_equal(reference.run(ref, codes)["spikes"][0], spikes)

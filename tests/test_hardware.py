@@ -71,7 +71,6 @@ def test_a_bad_profile_is_refused_naming_the_value(override, says, tmp_path):
     ("neuron=alif", "ALIF"),
     ("quant=fp32", "integer weights"),
     ("quant=w8a8 quant.rules.0.tile_size=8 model.hidden=[32]", "tiled"),
-    ("model.input_delays=4", "model.input_delays=4: the integer network has no delay line"),
     ("quant=w8in_ternary model=recurrent model.hidden=[24]", "fc/0 is int8 and rec/0 is ternary"),
 ])
 def test_a_network_without_integer_form_is_refused_before_compute(override, says, tmp_path):

@@ -137,57 +137,96 @@ def test_another_dt_rebuilds_the_same_network(tmp_path):
 
 def np_run(graph: nir.NIRGraph, x: np.ndarray) -> np.ndarray:
     """docs/nir.md's consumer recipe in NumPy, from the graph alone: Euler at ``metadata["dt"]``, spikes on the
-    previous membrane, subtractive reset (LIF's after the leak), ``w_rec`` carrying this step's spikes.
+    previous membrane, subtractive reset (LIF's after the leak), ``w_rec`` carrying this step's spikes, a node's
+    incoming edges summed, a ``Delay`` of ``k * dt`` holding its input ``k`` steps back.
 
     Returns the LI membrane ``[B, T, n_out]``.
     """
     dt = float(graph.metadata["dt"])
     f32 = np.float32
-    nxt = dict(graph.edges)
-    key, h = nxt["input"], np.asarray(x, f32)  # [B, T, F]
-    while key != "output":
-        node = graph.nodes[key]
-        if isinstance(node, nir.Affine):
-            h = (h @ node.weight.T.astype(f32) + node.bias.astype(f32)).astype(f32)
-        else:
-            w_rec = None
-            if isinstance(node, nir.NIRGraph):
-                node, w_rec = node.nodes["lif"], node.nodes["w_rec"].weight.astype(f32)
-            b, t, n = h.shape
-            v, cur, out = np.zeros((b, n), f32), np.zeros((b, n), f32), np.zeros((b, t, n), f32)
-            theta = getattr(node, "v_threshold", np.zeros(n)).astype(f32)
-            for k in range(t):
-                s = (v - theta > 0).astype(f32)
-                drive = h[:, k] + (s @ w_rec.T if w_rec is not None else 0)
-                if isinstance(node, nir.IF):
-                    v = v + f32(dt) * node.r.astype(f32) * drive - theta * s
-                elif isinstance(node, nir.LIF):
-                    beta, gain = (1 - dt / node.tau).astype(f32), (dt * node.r / node.tau).astype(f32)
-                    v = beta * v + gain * drive - theta * s
-                elif isinstance(node, nir.CubaLIF):
-                    beta, gain = (1 - dt / node.tau_mem).astype(f32), (dt * node.r / node.tau_mem).astype(f32)
-                    alpha, g_in = (1 - dt / node.tau_syn).astype(f32), (dt * node.w_in / node.tau_syn).astype(f32)
-                    cur = alpha * cur + g_in * drive
-                    v = beta * (v - theta * s) + gain * cur
-                elif isinstance(node, nir.LI):
-                    beta, gain = (1 - dt / node.tau).astype(f32), (dt * node.r / node.tau).astype(f32)
-                    v = beta * v + gain * drive
-                out[:, k] = v if isinstance(node, nir.LI) else s
-            h = out
-        key = nxt[key]
-    return h
+    into: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        into.setdefault(b, []).append(a)
+    values = {"input": np.asarray(x, f32)}  # [B, T, F] per node
+
+    def value(key: str) -> np.ndarray:
+        if key not in values:
+            h = sum(value(k) for k in into[key])
+            values[key] = h if key == "output" else np_node(graph.nodes[key], h, dt)
+        return values[key]
+
+    return value("output")
 
 
-@pytest.mark.parametrize(("model", "neuron"), [("feedforward", "lif"), ("recurrent", "cuba_lif"), ("recurrent", "if"),
-                                               ("recurrent", "lif")])
-def test_the_documented_recipe_reproduces_snnexp_from_the_file_alone(model, neuron, tmp_path):
-    cfg = cfg_of(model, neuron, True)
+def np_node(node: nir.NIRNode, h: np.ndarray, dt: float) -> np.ndarray:
+    """One node of ``np_run`` on its summed input ``h [B, T, n]``."""
+    f32 = np.float32
+    if isinstance(node, nir.Delay):
+        (lag,) = set(np.rint(node.delay / dt).astype(int).tolist())  # one delay for every channel
+        out = np.zeros_like(h)
+        out[:, lag:] = h[:, :h.shape[1] - lag]
+        return out
+    if isinstance(node, nir.Affine):
+        return (h @ node.weight.T.astype(f32) + node.bias.astype(f32)).astype(f32)
+    if isinstance(node, nir.Linear):
+        return (h @ node.weight.T.astype(f32)).astype(f32)
+    w_rec = None
+    if isinstance(node, nir.NIRGraph):
+        node, w_rec = node.nodes["lif"], node.nodes["w_rec"].weight.astype(f32)
+    b, t, n = h.shape
+    v, cur, out = np.zeros((b, n), f32), np.zeros((b, n), f32), np.zeros((b, t, n), f32)
+    theta = getattr(node, "v_threshold", np.zeros(n)).astype(f32)
+    for k in range(t):
+        s = (v - theta > 0).astype(f32)
+        drive = h[:, k] + (s @ w_rec.T if w_rec is not None else 0)
+        if isinstance(node, nir.IF):
+            v = v + f32(dt) * node.r.astype(f32) * drive - theta * s
+        elif isinstance(node, nir.LIF):
+            beta, gain = (1 - dt / node.tau).astype(f32), (dt * node.r / node.tau).astype(f32)
+            v = beta * v + gain * drive - theta * s
+        elif isinstance(node, nir.CubaLIF):
+            beta, gain = (1 - dt / node.tau_mem).astype(f32), (dt * node.r / node.tau_mem).astype(f32)
+            alpha, g_in = (1 - dt / node.tau_syn).astype(f32), (dt * node.w_in / node.tau_syn).astype(f32)
+            cur = alpha * cur + g_in * drive
+            v = beta * (v - theta * s) + gain * cur
+        elif isinstance(node, nir.LI):
+            beta, gain = (1 - dt / node.tau).astype(f32), (dt * node.r / node.tau).astype(f32)
+            v = beta * v + gain * drive
+        out[:, k] = v if isinstance(node, nir.LI) else s
+    return out
+
+
+DELAYS = ("model.input_delays=3", "model.delay_stride=2", "neuron.threshold=0.5")  # threshold: both layers fire
+
+
+@pytest.mark.parametrize(("model", "neuron", "extra"), [
+    ("feedforward", "lif", ()), ("recurrent", "cuba_lif", ()), ("recurrent", "if", ()), ("recurrent", "lif", ()),
+    ("feedforward", "lif", DELAYS), ("recurrent", "cuba_lif", DELAYS),  # an input delay line: Delay nodes
+])
+def test_the_documented_recipe_reproduces_snnexp_from_the_file_alone(model, neuron, extra, tmp_path):
+    cfg = cfg_of(model, neuron, True, *extra)
     net = build.model(cfg, 16, 4)
     x = batch(cfg)
     nir_graph.write_nir(nir_graph.to_nir(net, dt=0.01), tmp_path / "n.nir")
     want, rates = net(x)
-    assert float(jnp.mean(rates)) > 0.01
+    assert float(jnp.mean(rates)) > 0.01 and bool(jnp.all(jnp.sum(rates, axis=(0, 1)) > 0))  # every layer fires
     np.testing.assert_allclose(np_run(nir.read(tmp_path / "n.nir"), np.asarray(x)), np.asarray(want), atol=1e-5)
+
+
+def test_a_delay_line_is_one_tap_per_delay_and_spyx_refuses_it_by_name(tmp_path):
+    net = build.model(cfg_of("feedforward", "lif", False, *DELAYS), 16, 4)
+    g = nir_graph.to_nir(net, dt=0.01)
+    kernel = np.asarray(net.fc[0].kernel[...])  # [3 * 16, 24]
+    for j in range(3):
+        tap = g.nodes[f"fc.0.tap.{j}"]
+        np.testing.assert_array_equal(tap.weight, kernel[j * 16:(j + 1) * 16].T)
+        assert isinstance(tap, nir.Affine) == (j == 0)  # the bias once
+        assert ((f"fc.0.delay.{j}" if j else "input"), f"fc.0.tap.{j}") in g.edges
+        assert (f"fc.0.tap.{j}", "neurons.0") in g.edges
+    np.testing.assert_allclose(g.nodes["fc.0.delay.2"].delay, np.full(16, 4 * 0.01))
+    assert "fc.0" not in g.nodes
+    with pytest.raises(ValueError, match="from_nir reads no Delay node"):
+        nir_graph.run_spyx(g, batch(cfg_of("feedforward", "lif", False)))
 
 
 # ------------------------------------------------------------------ refusals

@@ -67,6 +67,7 @@ _SEMANTICS = {
     "spike": "decided on the membrane of the previous step, before this step's input is integrated",
     "recurrence": "w_rec carries this step's spikes (decided on the previous membrane) into this step's input",
     "output": "the membrane of the LI readout at every step",
+    "delay": "a Delay of k * dt holds its input k steps back, zero before the sequence starts (input delay line)",
     "docs": "docs/nir.md",
 }
 
@@ -204,6 +205,29 @@ def _affine(linear: nnx.Linear, where: str) -> nir.NIRNode:
     return nir.Affine(weight=weight, bias=np.asarray(linear.bias[...], np.float32).copy())
 
 
+def _input_edges(model: FeedForwardSNN, nodes: dict[str, nir.NIRNode], dt: float) -> list[tuple[str, str]]:
+    """Adds the nodes from ``input`` to ``neurons.0`` (``fc.0``, or its delay taps) and returns their edges."""
+    first = _affine(model.fc[0], "fc/0")
+    if model.input_delays == 1:
+        nodes["fc.0"] = first
+        return [("input", "fc.0"), ("fc.0", "neurons.0")]
+    f = model.layer_sizes()[0]
+    edges = []
+    for j in range(model.input_delays):
+        weight = first.weight[:, j * f:(j + 1) * f].copy()
+        tap = f"fc.0.tap.{j}"
+        if j == 0:
+            bias = getattr(first, "bias", None)
+            nodes[tap] = nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias)
+            edges.append(("input", tap))
+        else:
+            nodes[tap] = nir.Linear(weight=weight)
+            nodes[f"fc.0.delay.{j}"] = nir.Delay(delay=np.full(f, j * model.delay_stride * dt))
+            edges += [("input", f"fc.0.delay.{j}"), (f"fc.0.delay.{j}", tap)]
+        edges.append((tap, "neurons.0"))
+    return edges
+
+
 def _recurrent_subgraph(neuron_node: nir.NIRNode, rec: nnx.Linear, where: str, h: int) -> nir.NIRGraph:
     """A recurrent layer: ``input -> lif``, ``lif <-> w_rec``, ``lif -> output`` (snnTorch's RLeaky form)."""
     w_rec = _affine(rec, where)
@@ -223,8 +247,13 @@ def to_nir(model: nnx.Module, dt: float = 1e-3) -> nir.NIRGraph:
     ``[H_i, H_{i-1}]``) and ``neurons.i`` (``LIF``/``CubaLIF``/``IF``, or for
     ``RecurrentSNN`` the recurrent subgraph of that neuron and ``rec/i``),
     then ``readout`` (``Affine`` ``[n_out, H_last]``), ``li`` (``LI``) and
-    ``output`` (``[n_out]``), chained in that order. ``graph.metadata`` holds
-    ``dt`` and how the graph is meant (reset, spike timing, output).
+    ``output`` (``[n_out]``), chained in that order. A model with an input
+    delay line (``model.input_delays`` ``D > 1``) has, instead of ``fc.0``, one
+    ``fc.0.tap.j`` per delay (``Linear`` ``[H_0, F]``, the rows of ``fc/0`` that
+    read delay ``j``; ``tap.0`` an ``Affine`` with the bias), each but ``tap.0``
+    fed by a ``fc.0.delay.j`` (``Delay`` of ``j * delay_stride * dt``); the
+    taps' outputs sum in ``neurons.0``. ``graph.metadata`` holds ``dt`` and how
+    the graph is meant (reset, spike timing, output).
 
     Args:
         model: a float network (``dequantized_model`` of a deployed one).
@@ -237,34 +266,30 @@ def to_nir(model: nnx.Module, dt: float = 1e-3) -> nir.NIRGraph:
     Raises:
         ValueError: the model is not one of ``SUPPORTED_MODELS`` (``ConvSNN``
             included), a neuron is not one of ``SUPPORTED_NEURONS`` (NIR has no
-            ALIF), a kernel is still quantized, a decay is 1, ``dt <= 0``, or the
-            model has an input delay line (``model.input_delays > 1``: not implemented yet).
+            ALIF), a kernel is still quantized, a decay is 1, or ``dt <= 0``.
     """
     if isinstance(model, ConvSNN) or not isinstance(model, FeedForwardSNN):
         raise ValueError(f"to_nir takes a {' or '.join(SUPPORTED_MODELS)}, got {type(model).__name__}")
-    if model.input_delays > 1:
-        raise ValueError(f"model.input_delays={model.input_delays}: NIR export of a delay line is not "
-                         "implemented yet; export a run with model.input_delays=1")
     if not dt > 0:
         raise ValueError(f"dt={dt!r} must be a positive number of seconds")
     sizes = model.layer_sizes()
     nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type={"input": np.array([sizes[0]])})}
-    chain = ["input"]
+    edges = _input_edges(model, nodes, dt)
     for i, neuron in enumerate(model.neurons):
         h = sizes[i + 1]
-        nodes[f"fc.{i}"] = _affine(model.fc[i], f"fc/{i}")
+        if i > 0:
+            nodes[f"fc.{i}"] = _affine(model.fc[i], f"fc/{i}")
+            edges += [(f"neurons.{i - 1}", f"fc.{i}"), (f"fc.{i}", f"neurons.{i}")]
         node = _neuron_node(neuron, f"neurons/{i}", h, dt)
         if isinstance(model, RecurrentSNN):
             node = _recurrent_subgraph(node, model.rec[i], f"rec/{i}", h)
         nodes[f"neurons.{i}"] = node
-        chain += [f"fc.{i}", f"neurons.{i}"]
     n_out = sizes[-1]
     nodes["readout"] = _affine(model.readout, "readout")
     tau = dt / (1.0 - _decay(model.li.beta[...], "li/beta", (n_out,)))
     nodes["li"] = nir.LI(tau=tau, r=tau / dt, v_leak=np.zeros((n_out,)))
     nodes["output"] = nir.Output(output_type={"output": np.array([n_out])})
-    chain += ["readout", "li", "output"]
-    edges = list(zip(chain[:-1], chain[1:], strict=True))
+    edges += [(f"neurons.{len(model.neurons) - 1}", "readout"), ("readout", "li"), ("li", "output")]
     readout = {"mean": "mean over steps", "max": "maximum over steps", "last": "last step"}[
         getattr(model, "readout_mode", "mean")]
     return nir.NIRGraph(nodes=nodes, edges=edges,
@@ -317,6 +342,10 @@ def run_spyx(graph: nir.NIRGraph, x: jax.Array | np.ndarray, dt: float | None = 
     """
     from spyx.nir import from_nir
 
+    delays = [k for k, node in graph.nodes.items() if isinstance(node, nir.Delay)]
+    if delays:
+        raise ValueError(f"spyx.nir.from_nir reads no Delay node ({', '.join(delays)}: an input delay line); "
+                         "run the graph with a consumer that does (docs/nir.md)")
     if dt is None:
         dt = float(graph.metadata["dt"])
     xt = jnp.swapaxes(jnp.asarray(x, jnp.float32), 0, 1)

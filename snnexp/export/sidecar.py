@@ -18,7 +18,7 @@ import numpy as np
 from snnexp.hardware.integer import IntegerNetwork, code_bits
 
 FORMAT = "snnexp-integer"
-VERSION = 2  # 2: a recurrent matrix packed at its own qtype (recurrent_qtype, recurrent_bits)
+VERSION = 3  # 2: a recurrent matrix packed at its own qtype (recurrent_qtype, recurrent_bits); 3: input.delays
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -96,7 +96,8 @@ def write(net: IntegerNetwork, out_dir: Path, *, dt: float, source: dict[str, An
         "format": FORMAT,
         "version": VERSION,
         "profile": dataclasses.asdict(net.profile),
-        "input": {"binary": net.input_binary, "scale": net.input_scale, "bits": net.profile.input_bits},
+        "input": {"binary": net.input_binary, "scale": net.input_scale, "bits": net.profile.input_bits,
+                  "delays": net.input_delays, "delay_stride": net.delay_stride},
         "steps": net.steps,
         "dt": dt,
         "readout": {"reduce": {"mean": "sum", "max": "max", "last": "last"}[net.readout],

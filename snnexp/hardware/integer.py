@@ -38,6 +38,7 @@ import spyx.nn
 
 from snnexp.hardware.arith import IntOps, bounds, neuron_step
 from snnexp.hardware.profiles import HardwareError, Profile
+from snnexp.models.time_loop import delay_line
 
 KINDS = {spyx.nn.LIF: "lif", spyx.nn.CuBaLIF: "cuba_lif", spyx.nn.IF: "if"}
 _F32_EXACT = 2**24
@@ -160,6 +161,9 @@ class IntegerNetwork:
         threshold_clipped: neurons whose threshold did not fit ``threshold_bits``.
         readout: the class decision over the readout membrane ``U [T, C]``:
             ``mean`` (``argmax sum_t U``), ``max`` (``argmax max_t U``) or ``last`` (``argmax U[T-1]``).
+        input_delays: delays per input channel ``D`` into the first layer (``model.input_delays``):
+            its ``weight`` is ``[D * F, H0]``, row ``j * F + f`` for input ``f`` delayed by ``j * delay_stride``.
+        delay_stride: steps between two delays.
     """
 
     profile: Profile
@@ -169,6 +173,8 @@ class IntegerNetwork:
     steps: int
     threshold_clipped: int = 0
     readout: str = "mean"
+    input_delays: int = 1
+    delay_stride: int = 1
 
     # ------------------------------------------------------------ building
 
@@ -195,9 +201,6 @@ class IntegerNetwork:
         if not hasattr(deployed, "neurons") or not hasattr(deployed, "fc") or hasattr(deployed, "conv"):
             raise HardwareError(f"integer neuron state supports model=feedforward and recurrent; "
                                 f"got {type(deployed).__name__}")
-        if deployed.input_delays > 1:
-            raise HardwareError(f"model.input_delays={deployed.input_delays}: the integer network has no delay "
-                                "line yet; use model.input_delays=1 or hardware=float")
         mats = {m.path: m for m in metrics.matrices(deployed)}
         binary, in_scale = input_coding(x_train, profile)
 
@@ -249,7 +252,7 @@ class IntegerNetwork:
             threshold=np.zeros(n_out, np.int32), beta=quantize_decay(li_beta, profile),
         ))
         net = cls(profile, layers, binary, float(in_scale), int(np.shape(x_train)[1]), clipped,
-                  getattr(deployed, "readout_mode", "mean"))
+                  getattr(deployed, "readout_mode", "mean"), deployed.input_delays, deployed.delay_stride)
         net.check_exact()
         return net
 
@@ -305,9 +308,10 @@ class IntegerNetwork:
 
     @property
     def structure(self) -> tuple:
-        """What ``forward`` compiles for: profile, kinds, exactness of the float32 matmuls, spike input."""
+        """What ``forward`` compiles for: profile, kinds, exactness of the float32 matmuls, spike input, delays."""
         return (self.profile, tuple(layer.kind for layer in self.layers),
-                tuple(self.f32_exact(i) for i in range(len(self.layers))), self.input_binary)
+                tuple(self.f32_exact(i) for i in range(len(self.layers))), self.input_binary,
+                (self.input_delays, self.delay_stride))
 
     def run(self, codes: np.ndarray, *, record: bool = False) -> dict[str, np.ndarray]:
         """Runs input codes ``[B, T, F]`` (``encode``'s) through the integer network, on host arrays."""
@@ -550,12 +554,16 @@ def _matmul(x: jax.Array, w: jax.Array, exact_f32: bool) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _forward(structure: tuple, record: bool, encoded: bool, arrays: dict[str, Any], codes: jax.Array
              ) -> dict[str, Any]:
-    """The deployed integer forward: input codes ``[B, T, F]`` (or raw inputs, unless ``encoded``) -> ``simulate``."""
-    profile, kinds, exact, binary = structure
+    """The deployed integer forward: input codes ``[B, T, F]`` (or raw inputs, unless ``encoded``) -> ``simulate``.
+
+    The first layer takes the codes through the delay line (``[B, T, D * F]``), if any.
+    """
+    profile, kinds, exact, binary, (taps, stride) = structure
     ops = IntOps(profile)
     layers = arrays["layers"]
     if not encoded and not (binary and exact[0]):  # spikes are their own codes for the float32 matmul
         codes = _encode(codes, arrays["input_scale"], profile, binary)
+    codes = delay_line(codes, taps, stride)
     b, t, f = codes.shape
     d0 = (_matmul(codes.reshape(b * t, f), layers[0]["w"], exact[0]) << layers[0]["w_shift"]).reshape(b, t, -1)
 

@@ -206,6 +206,7 @@ class IntegerGrid:
         if not self.input_binary:  # the input codes themselves (the integer network's encode)
             q = 2 ** (prof.input_bits - 1) - 1
             x = jnp.clip(ste_round(x / self.input_scale), -q, q)
+        x = m.delay_line(x)  # codes, delayed as the integer network delays them
         b, t, f = x.shape
         has_rec = hasattr(m, "rec")
 

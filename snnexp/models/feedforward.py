@@ -20,6 +20,7 @@ from snnexp.models.time_loop import (
     TimeLoop,
     check_loop,
     check_readout,
+    delay_line,
     dropout_masks,
     li_readout,
     run_time,
@@ -98,21 +99,8 @@ class FeedForwardSNN(nnx.Module):
         return [n_in, *(f.out_features for f in self.fc), self.readout.out_features]
 
     def delay_line(self, x: jax.Array) -> jax.Array:
-        """The input as ``fc/0`` sees it: every channel at each of its delays.
-
-        Args:
-            x: inputs ``[B, T, F]``.
-
-        Returns:
-            ``[B, T, D * F]``; channels ``j * F .. (j + 1) * F - 1`` hold the input
-            delayed by ``j * delay_stride`` steps (zero before the sequence starts).
-            ``x`` itself when ``input_delays`` is 1.
-        """
-        if self.input_delays == 1:
-            return x
-        t = x.shape[1]
-        taps = [jnp.pad(x, ((0, 0), (j * self.delay_stride, 0), (0, 0)))[:, :t] for j in range(self.input_delays)]
-        return jnp.concatenate(taps, axis=-1)
+        """The input as ``fc/0`` sees it, ``[B, T, F] -> [B, T, D * F]`` (``time_loop.delay_line``)."""
+        return delay_line(x, self.input_delays, self.delay_stride)
 
     def synapses(self) -> list[tuple[int, int]]:
         """``(neurons, fan-out)`` of the input and of each spiking layer.

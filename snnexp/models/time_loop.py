@@ -39,6 +39,27 @@ def readout_logits(trace: jax.Array, readout: str) -> jax.Array:
 NeuronFactory = Callable[..., nnx.Module]
 
 
+def delay_line(x: jax.Array, taps: int, stride: int) -> jax.Array:
+    """Every input channel at each of its delays: a causal, strided temporal convolution's input.
+
+    The float network, the integer network and its QAT grid all feed ``fc/0``
+    this (on floats or on integer input codes alike: a delay only moves values).
+
+    Args:
+        x: inputs ``[B, T, F]``.
+        taps: delays per channel ``D`` (1: ``x`` itself).
+        stride: steps ``s`` between two delays.
+
+    Returns:
+        ``[B, T, D * F]``; channels ``j * F .. (j + 1) * F - 1`` hold the input
+        delayed by ``j * s`` steps, zero before the sequence starts.
+    """
+    if taps == 1:
+        return x
+    t = x.shape[1]
+    return jnp.concatenate([jnp.pad(x, ((0, 0), (j * stride, 0), (0, 0)))[:, :t] for j in range(taps)], axis=-1)
+
+
 def check_loop(loop: str) -> None:
     """Raises ``ValueError`` naming the choices for an unknown ``loop``."""
     if loop not in ("scan", "unrolled", "carry"):
