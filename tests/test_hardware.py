@@ -4,6 +4,7 @@ deployed JAX integer network against the NumPy reference spike for spike, the ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -300,6 +301,14 @@ def test_hardware_metrics_match_hand_counts_on_a_tiny_network():
         spikes.append(s)
     got = net.run(net.encode(x), record=True)["spikes"][0][:, 0, :]
     np.testing.assert_array_equal(got, np.array(spikes))
+    # with a delay line of 3 taps 2 steps apart on the 2 analog inputs: 6 x 3 weights, and a buffer of the
+    # last 4 steps of 2 codes at input_bits 8
+    w_delayed = np.concatenate([w0, w0, w0])
+    delayed = integer.IntegerNetwork(p, [dataclasses.replace(layers[0], weight=w_delayed), layers[1]], False, 0.5, 3,
+                                     input_delays=3, delay_stride=2)
+    first = integer.hardware_metrics(delayed, integer.evaluate(delayed, x, np.array([0])))["integer_memory_bits"]
+    assert first["hidden/0"]["weights"] == 18 * 4 and first["hidden/0"]["delay_line"] == 4 * 2 * 8
+    assert first["hidden/0"]["total"] == 225 + 12 * 4 + 64 and "delay_line" not in first["readout"]
 
 
 # ------------------------------------------------------------------ end to end: bit-exact, exported

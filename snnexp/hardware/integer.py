@@ -666,7 +666,9 @@ def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[st
         ``integer_memory_bits``: per layer, the bits of its weights at their
         packed width, state (neurons x ``state_bits`` per state variable),
         thresholds, decays, biases, 4-bit per-neuron shifts where a matrix
-        has them, and ``total``;
+        has them, the first layer's input delay line where it has one (the
+        ``(D-1) s`` past steps of its ``F`` input codes: 1 bit each for spikes,
+        ``input_bits`` for analog codes), and ``total``;
         ``accumulator_bits_needed`` per layer (the widest synaptic sum seen on
         the test set) against ``accumulator_bits``; ``overflow`` per layer and
         variable, and ``overflow_events`` in all; ``threshold_clipped``.
@@ -688,6 +690,9 @@ def hardware_metrics(net: IntegerNetwork, evaluation: dict[str, Any]) -> dict[st
             "shifts": 4 * n * sum(int(np.any(k)) for k in (layer.weight_shift, layer.recurrent_shift)
                                   if k is not None),
         }
+        if layer is net.layers[0] and net.input_delays > 1:  # the last (D-1) s steps of input codes
+            codes = (net.input_delays - 1) * net.delay_stride * layer.weight.shape[0] // net.input_delays
+            entry["delay_line"] = codes * (1 if net.input_binary else p.input_bits)
         entry["total"] = sum(entry.values())
         memory[layer.name] = entry
     memory["total"] = sum(v["total"] for v in memory.values())
