@@ -196,20 +196,26 @@ def test_every_qat_tuning_file_names_a_preset_and_a_recipe():
         assert recipe in options("quant"), f"conf/qat_tuning/{preset}/{recipe}.yaml: no quant={recipe}"
 
 
-@pytest.mark.parametrize("preset", ["mnist1d_recurrent_256", "mnist1d_recurrent_256_quant"])
-def test_a_preset_fine_tunes_each_recipe_as_its_qat_tuning_file_says(preset):
+@pytest.mark.parametrize(("preset", "own_preset", "recipes"), [
+    ("mnist1d_recurrent_256", "mnist1d_recurrent_256", {"fp32", "w8a8", "w4a8", "ternary", "ternary_channel"}),
+    ("mnist1d_recurrent_256_quant", "mnist1d_recurrent_256", {"fp32", "w8a8", "w4a8", "ternary", "ternary_channel"}),
+    ("mnist1d_ff", "mnist1d_ff", {"w4a8", "ternary", "ternary_channel", "w8in_ternary"}),
+    ("mnist1d_ff_quant", "mnist1d_ff", {"w4a8", "ternary", "ternary_channel", "w8in_ternary"}),
+])
+def test_a_preset_fine_tunes_each_recipe_as_its_qat_tuning_file_says(preset, own_preset, recipes):
     from omegaconf import OmegaConf
 
     # a recipe with no file fine-tunes as the preset itself says
-    base = make_cfg("experiment=mnist1d_recurrent_256", "quant=w8in_w6a8").mode
-    assert (base.quant_epochs, base.lr_scale) == (5, 0.5)
-    tuned = {r for p, r in _tuning_files() if p == "mnist1d_recurrent_256"}
-    assert {"fp32", "w8a8", "w4a8", "ternary", "ternary_channel"} <= tuned
+    base = make_cfg(f"experiment={own_preset}", "quant=w8in_w6a8").mode
+    assert (base.quant_epochs, base.lr_scale, base.distill_weight) == (5, 0.5, 0.0)
+    tuned = {r for p, r in _tuning_files() if p == own_preset}
+    assert recipes <= tuned
     for recipe in sorted(tuned):
         mode = make_cfg(f"experiment={preset}", f"quant={recipe}").mode
-        own = OmegaConf.load(Path(CONF_DIR, "qat_tuning", "mnist1d_recurrent_256", f"{recipe}.yaml")).mode
-        want = {"quant_epochs": base.quant_epochs, "lr_scale": base.lr_scale, **own}
-        assert (mode.quant_epochs, mode.lr_scale) == (want["quant_epochs"], want["lr_scale"]), (preset, recipe)
+        own = OmegaConf.load(Path(CONF_DIR, "qat_tuning", own_preset, f"{recipe}.yaml")).mode
+        want = {"quant_epochs": base.quant_epochs, "lr_scale": base.lr_scale, "distill_weight": 0.0, **own}
+        got = (mode.quant_epochs, mode.lr_scale, mode.distill_weight)
+        assert got == (want["quant_epochs"], want["lr_scale"], want["distill_weight"]), (preset, recipe)
         schema.validate(make_cfg(f"experiment={preset}", f"quant={recipe}"))
     # the command line still wins, and ~qat_tuning (Hydra's delete) switches the file off
     assert make_cfg(f"experiment={preset}", "quant=w8a8", "mode.lr_scale=0.7").mode.lr_scale == 0.7
